@@ -1,0 +1,99 @@
+"""Read an hfq checkpoint folder without loading it: config, safetensors headers, per-layer layouts, sizes.
+Corrupt or truncated files raise ValueError naming the file."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from .config import HfqConfig
+
+_DTYPE_BYTES = {"U8": 1, "I8": 1, "F16": 2, "BF16": 2, "F32": 4, "I32": 4, "I64": 8, "F64": 8, "BOOL": 1}
+_LAYOUT_TENSORS = {"weight", "scales", "zeros", "absmax", "absmax_scale", "absmax_offset"}
+
+
+def read_safetensors_header(path: Path) -> tuple[dict, dict]:
+    """(tensors {name: {dtype, shape, data_offsets}}, metadata) of one file, checked against its size."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ValueError(f"{path} is not a safetensors file (shorter than its 8-byte header length); re-save it.")
+        (n,) = struct.unpack("<Q", raw)
+        if n > size - 8:
+            raise ValueError(f"{path} is truncated: its header says {n} bytes but the file has {size}; re-save it.")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path} has a corrupt safetensors header ({e}); re-save it.") from None
+    meta = header.pop("__metadata__", {}) or {}
+    end = max((t["data_offsets"][1] for t in header.values()), default=0)
+    if 8 + n + end > size:
+        raise ValueError(f"{path} is truncated: tensors need {8 + n + end} bytes, the file has {size}; re-save or "
+                         "re-download it.")
+    return header, meta
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [n for n in names if not (folder / n).exists()]
+        if missing:
+            raise ValueError(f"{folder} is missing shard(s) {missing} listed in {index.name}; re-save or re-download.")
+        return [folder / n for n in names]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{folder} holds no .safetensors weights (hfq reads safetensors only, never pickle).")
+    return files
+
+
+def describe(folder: str | Path) -> dict:
+    """Summary of an hfq (or float) checkpoint: method, layers quantized, bits per weight, bytes on disk."""
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.exists():
+        raise ValueError(f"{folder} has no config.json; pass a folder written by save_pretrained or `hfq quantize`.")
+    config = json.loads(cfg_path.read_text())
+    qc = config.get("quantization_config")
+    hq = HfqConfig.from_dict(qc) if qc and qc.get("quant_method") == "hfq" else None
+    tensors: dict[str, dict] = {}
+    layers_meta: dict[str, list[int]] = {}
+    for f in _weight_files(folder):
+        header, meta = read_safetensors_header(f)
+        tensors.update(header)
+        if "hfq_layers" in meta:
+            layers_meta.update(json.loads(meta["hfq_layers"]))
+    nbytes = {k: _DTYPE_BYTES.get(t["dtype"], 0) * _numel(t["shape"]) for k, t in tensors.items()}
+    layers = {}
+    for name, shape in layers_meta.items():
+        keys = [f"{name}.{t}" for t in _LAYOUT_TENSORS if f"{name}.{t}" in tensors]
+        layers[name] = {"shape": shape, "bytes": sum(nbytes[k] for k in keys),
+                        "bpw": 8 * sum(nbytes[k] for k in keys) / (shape[0] * shape[1])}
+    quant_keys = {f"{n}.{t}" for n in layers for t in _LAYOUT_TENSORS}
+    float_params = sum(_numel(t["shape"]) for k, t in tensors.items() if k not in quant_keys)
+    q_weights = sum(v["shape"][0] * v["shape"][1] for v in layers.values())
+    q_bytes = sum(v["bytes"] for v in layers.values())
+    total_tensor_bytes = sum(nbytes.values())
+    return {
+        "path": str(folder),
+        "model_type": config.get("model_type"),
+        "method": hq.short_name() if hq else "float",
+        "config": hq.to_dict() if hq else None,
+        "layers_quantized": len(layers),
+        "quantized_weights": q_weights,
+        "quantized_bpw": 8 * q_bytes / q_weights if q_weights else None,
+        "parameters": q_weights + float_params,
+        "model_bpw": 8 * total_tensor_bytes / (q_weights + float_params) if tensors else None,
+        "bytes_on_disk": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
+        "weight_bytes": total_tensor_bytes,
+        "layers": layers,
+    }
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n

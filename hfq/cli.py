@@ -1,0 +1,164 @@
+"""The `hfq` command line: quantize, info, doctor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from .config import CODEBOOK_BLOCK_SIZES, METHODS, RTN_BITS, RTN_GROUP_SIZES
+
+logger = logging.getLogger("hfq")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        self.exit(2, f"hfq: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="hfq", description="Quantize Hugging Face causal LMs with hfq.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    q = sub.add_parser("quantize", help="quantize a model at load time and save it")
+    q.add_argument("model", help="local folder, Hub id, or an embedded model name (gemma-3-270m)")
+    q.add_argument("--method", required=True, choices=METHODS)
+    q.add_argument("--bits", type=int, help=f"rtn: one of {list(RTN_BITS)} (default 4); nf4/fp4: 4")
+    q.add_argument("--group-size", type=int,
+                   help=f"rtn group {list(RTN_GROUP_SIZES)} (default 128); nf4/fp4 block {list(CODEBOOK_BLOCK_SIZES)} (default 64)")
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--sym", dest="sym", action="store_true", default=None, help="rtn: symmetric grid (default)")
+    g.add_argument("--asym", dest="sym", action="store_false", help="rtn: asymmetric grid with zero points")
+    q.add_argument("--double-quant", action="store_true", default=None, help="nf4/fp4: quantize the absmax constants")
+    q.add_argument("--skip", nargs="+", metavar="MODULE",
+                   help="modules kept in float (replaces the defaults: lm_head and tied embeddings)")
+    q.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    q.add_argument("--max-shard-size", default="5GB")
+    q.add_argument("--out", required=True, help="output folder (written atomically)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out")
+
+    i = sub.add_parser("info", help="describe a saved hfq checkpoint")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--layers", action="store_true", help="list every quantized layer")
+
+    sub.add_parser("doctor", help="report the environment hfq runs in and which kernels each op uses")
+    return p
+
+
+def _cmd_quantize(args) -> int:
+    import torch
+
+    from .config import HfqConfig
+    from .cards import render_card
+    from .checkpoint import describe
+    from .models import resolve
+
+    cfg = HfqConfig(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
+                    double_quant=args.double_quant, modules_to_not_convert=args.skip)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise ValueError(f"--out {out} exists and is not empty; pass --overwrite or choose another folder.")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = resolve(args.model)
+    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    print(f"quantizing {args.model} with {cfg.short_name()} ...", file=sys.stderr)
+    model = AutoModelForCausalLM.from_pretrained(src, quantization_config=cfg, dtype=dtype)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, max_shard_size=args.max_shard_size)
+        try:
+            AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
+        except (OSError, ValueError) as e:
+            logger.warning("no tokenizer saved: %s", e)
+        info = describe(tmp)
+        info["path"] = str(tmp)
+        command = "hfq " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "hfq quantize"
+        (tmp / "README.md").write_text(render_card(info, args.model, command, str(out)))
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    info = describe(out)
+    print(f"saved {out}: {info['layers_quantized']} layers, {info['quantized_bpw']:.3f} bpw in quantized layers, "
+          f"{info['bytes_on_disk'] / 1e6:.1f} MB")
+    return 0
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move tmp to out; an existing out is kept until the new one is in place."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _cmd_info(args) -> int:
+    from .checkpoint import describe
+
+    info = describe(args.path)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    q = info["quantized_bpw"]
+    print(f"path              {info['path']}")
+    print(f"model type        {info['model_type']}")
+    print(f"method            {info['method']}")
+    print(f"layers quantized  {info['layers_quantized']}")
+    print(f"bits per weight   {q:.3f} (quantized layers)" if q else "bits per weight   n/a")
+    print(f"                  {info['model_bpw']:.3f} (whole model, {info['parameters']:,} parameters)")
+    print(f"size              {info['bytes_on_disk'] / 1e6:.1f} MB on disk")
+    if args.layers:
+        for name, layer in info["layers"].items():
+            print(f"  {name:60} {layer['shape'][0]}x{layer['shape'][1]}  {layer['bpw']:.3f} bpw")
+    return 0
+
+
+def _cmd_doctor(args) -> int:
+    import torch
+
+    from ._version import __version__
+    from .kernels.ops import SCHEMAS, op
+
+    print(f"hfq {__version__}, torch {torch.__version__}, python {sys.version.split()[0]}")
+    print(f"cuda available: {torch.cuda.is_available()} (torch built with CUDA {torch.version.cuda})")
+    print(f"c++ compiler: {shutil.which(os.environ.get('CXX', 'c++')) or 'not found'}; "
+          f"ninja: {shutil.which('ninja') or 'not found'}")
+    for name in SCHEMAS:
+        keys = [k for k in ("CPU", "CUDA") if torch._C._dispatch_has_kernel_for_dispatch_key(op(name).default.name(), k)]
+        print(f"  hfq::{name:28} native: {', '.join(keys) or 'none'}; fallback: pure-torch reference")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    handler = {"quantize": _cmd_quantize, "info": _cmd_info, "doctor": _cmd_doctor}[args.command]
+    try:
+        return handler(args)
+    except (ValueError, OSError, RuntimeError) as e:
+        if args.verbose:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"hfq: error: {first}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Bit layouts and the meaning of stored numbers, in pure torch. No transformers, no algorithms."""

@@ -1,0 +1,76 @@
+"""Which named tensors an hfq layer stores, with shapes and dtypes. This is the on-disk contract.
+
+rtn (bits b, group g, G = in/g groups per row):
+  weight  uint8   [out, G, g*b/8]   codes q in [0, 2**b-1], little-endian bitstream per group
+  scales  float16 [out, G]
+  zeros   uint8   [out, G]          asymmetric only; symmetric uses zero = 2**(b-1)
+  meaning: w = scales * (q - zero)
+
+nf4 / fp4 (block B over the row-major flattened weight, nb = ceil(out*in/B) blocks):
+  weight  uint8   [nb, B/2]         4-bit codes, first in the high nibble (bitsandbytes order), tail zero-padded
+  absmax  float32 [nb]              without double quant
+  absmax  uint8   [nb]              with double quant: codes into the signed dynamic 8-bit map
+  absmax_scale  float32 [ceil(nb/256)]   double quant: absmax of each 256-block of (absmax - offset)
+  absmax_offset float32 []               double quant: mean of the absmax constants
+  meaning: w = codebook[q] * absmax[block]; with double quant absmax = dynamic8[a] * absmax_scale[a_block] + offset
+
+The packed weight is never [out, in], so a checkpoint loaded by plain transformers (without `import hfq`)
+fails with a size mismatch instead of silently casting codes to floats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DQ_BLOCK = 256
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def n_groups(in_features: int, group_size: int) -> int:
+    return 1 if group_size == -1 else in_features // group_size
+
+
+def check_shape(method: str, out_features: int, in_features: int, bits: int, group_size: int) -> None:
+    """Raise ValueError for a weight shape the layout cannot hold, naming the fix."""
+    if method == "rtn":
+        g = in_features if group_size == -1 else group_size
+        if in_features % g:
+            raise ValueError(
+                f"in_features={in_features} is not a multiple of group_size={group_size}; choose a group_size that "
+                "divides it, group_size=-1, or list the layer in modules_to_not_convert."
+            )
+        if (g * bits) % 8:
+            raise ValueError(
+                f"a group of {g} {bits}-bit values is not a whole number of bytes (in_features={in_features}); "
+                "use a group_size that is a multiple of 8 or list the layer in modules_to_not_convert."
+            )
+
+
+def layer_specs(method: str, out_features: int, in_features: int, bits: int, group_size: int,
+                sym: bool, double_quant: bool) -> list[TensorSpec]:
+    check_shape(method, out_features, in_features, bits, group_size)
+    if method == "rtn":
+        g = in_features if group_size == -1 else group_size
+        G = in_features // g
+        specs = [TensorSpec("weight", (out_features, G, g * bits // 8), torch.uint8),
+                 TensorSpec("scales", (out_features, G), torch.float16)]
+        if not sym:
+            specs.append(TensorSpec("zeros", (out_features, G), torch.uint8))
+        return specs
+    nb = -(-(out_features * in_features) // group_size)
+    specs = [TensorSpec("weight", (nb, group_size // 2), torch.uint8)]
+    if double_quant:
+        specs += [TensorSpec("absmax", (nb,), torch.uint8),
+                  TensorSpec("absmax_scale", (-(-nb // DQ_BLOCK),), torch.float32),
+                  TensorSpec("absmax_offset", (), torch.float32)]
+    else:
+        specs.append(TensorSpec("absmax", (nb,), torch.float32))
+    return specs

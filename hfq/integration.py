@@ -1,0 +1,104 @@
+"""Model surgery for transformers models: swap nn.Linear for HfqLinear, quantize tensors as they load,
+and undo it. Version-specific hook calls stay in quantizer.py; this module uses stable transformers APIs."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from transformers.core_model_loading import ConversionOps
+from transformers.quantizers.quantizers_utils import get_module_from_name, should_convert_module
+
+from .algorithms import quantize_layer_weight
+from .config import HfqConfig
+from .nn import HfqLinear
+
+logger = logging.getLogger(__name__)
+
+
+def layer_kwargs(config: HfqConfig) -> dict:
+    return dict(method=config.method, bits=config.bits, group_size=config.group_size,
+                sym=bool(config.sym), double_quant=bool(config.double_quant))
+
+
+def replace_with_hfq_linear(model: nn.Module, config: HfqConfig, modules_to_not_convert: list[str] | None) -> list[str]:
+    """Replace every convertible nn.Linear (on the meta device) with an empty HfqLinear; return their names."""
+    replaced = []
+    kwargs = layer_kwargs(config)
+    for name, module in list(model.named_modules()):
+        if type(module) is not nn.Linear or not should_convert_module(name, modules_to_not_convert):
+            continue
+        try:
+            with torch.device("meta"):
+                new = HfqLinear(module.in_features, module.out_features, module.bias is not None,
+                                dtype=module.weight.dtype, **kwargs)
+        except ValueError as e:
+            raise ValueError(f"cannot quantize layer {name!r} [{module.out_features}x{module.in_features}]: {e}") from e
+        model.set_submodule(name, new)
+        replaced.append(name)
+    if not replaced:
+        raise ValueError(
+            f"no nn.Linear layer of {type(model).__name__} was left to quantize with {config.short_name()} "
+            f"(modules_to_not_convert={modules_to_not_convert}); check the pattern list."
+        )
+    logger.info("hfq: %d linear layers will be quantized with %s", len(replaced), config.short_name())
+    return replaced
+
+
+class HfqQuantize(ConversionOps):
+    """Turns one float `...weight` tensor, as it is read from the checkpoint, into the layer's layout tensors."""
+
+    def __init__(self, on_layer_done=None):
+        self.on_layer_done = on_layer_done
+
+    def convert(self, input_dict, full_layer_name=None, model=None, **kwargs):
+        result = {}
+        for key, value in input_dict.items():
+            if isinstance(value, list):
+                value = value[0]
+            module, tensor_name = get_module_from_name(model, key)
+            prefix = key[: -len(tensor_name)]
+            tensors = quantize_layer_weight(value, module.method, module.bits, module.group_size,
+                                            module.sym, module.double_quant)
+            result.update({prefix + n: t for n, t in tensors.items()})
+            module._is_hf_initialized = True
+            if self.on_layer_done is not None:
+                self.on_layer_done(key)
+        return result
+
+
+def quantize_model_in_place(model: nn.Module, config: HfqConfig, modules_to_not_convert: list[str] | None = None) -> int:
+    """Quantize an already-loaded float model (no transformers loading involved). Returns the layer count."""
+    count = 0
+    kwargs = layer_kwargs(config)
+    for name, module in list(model.named_modules()):
+        if type(module) is not nn.Linear or not should_convert_module(name, modules_to_not_convert):
+            continue
+        w = module.weight.detach()
+        new = HfqLinear(module.in_features, module.out_features, module.bias is not None, dtype=w.dtype,
+                        device=w.device, **kwargs)
+        new.load_quantized(quantize_layer_weight(w, **kwargs))
+        if module.bias is not None:
+            new.bias.data.copy_(module.bias.detach())
+        model.set_submodule(name, new)
+        count += 1
+    return count
+
+
+def dequantize_model(model: nn.Module, dtype: torch.dtype) -> int:
+    """Replace each HfqLinear with an nn.Linear holding its dequantized weight. Returns the layer count."""
+    count = 0
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, HfqLinear):
+            continue
+        w = module.dequantize_weight(dtype)
+        lin = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                        device=w.device, dtype=dtype)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            if module.bias is not None:
+                lin.bias.copy_(module.bias.to(dtype))
+        model.set_submodule(name, lin)
+        count += 1
+    return count

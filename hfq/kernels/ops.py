@@ -1,0 +1,90 @@
+"""Every hfq op: one schema and one fake (shape/dtype) function each. Native kernels add device impls only.
+
+Ops (meaning of the tensors in hfq.formats.layouts):
+  dequantize_int(weight, scales, zeros?, bits, dtype)                  -> [out, in]
+  dequantize_4bit(weight, absmax, code, shape, dtype)                  -> shape
+  dequantize_8bit_blockwise(codes, absmax, code, blocksize)            -> float32, codes.shape
+  linear_int(x, weight, scales, zeros?, bits, bias?)                   -> [..., out]
+  linear_4bit(x, weight, absmax, code, shape, bias?)                   -> [..., shape[0]]
+"""
+
+from __future__ import annotations
+
+import torch
+
+NAMESPACE = "hfq"
+
+SCHEMAS = {
+    "dequantize_int": "(Tensor weight, Tensor scales, Tensor? zeros, int bits, ScalarType dtype) -> Tensor",
+    "dequantize_4bit": "(Tensor weight, Tensor absmax, Tensor code, int[] shape, ScalarType dtype) -> Tensor",
+    "dequantize_8bit_blockwise": "(Tensor codes, Tensor absmax, Tensor code, int blocksize) -> Tensor",
+    "linear_int": "(Tensor x, Tensor weight, Tensor scales, Tensor? zeros, int bits, Tensor? bias) -> Tensor",
+    "linear_4bit": "(Tensor x, Tensor weight, Tensor absmax, Tensor code, int[] shape, Tensor? bias) -> Tensor",
+}
+
+
+def _is_defined(name: str) -> bool:
+    try:
+        getattr(getattr(torch.ops, NAMESPACE), name)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# A re-executed module (importlib.reload) must not define twice: the first definitions stay.
+_FIRST_TIME = not _is_defined("dequantize_int")
+if _FIRST_TIME:
+    _lib = torch.library.Library(NAMESPACE, "FRAGMENT")
+    for _name, _schema in SCHEMAS.items():
+        _lib.define(_name + _schema)
+
+
+def _register_fake(name):
+    def deco(fn):
+        if _FIRST_TIME:
+            torch.library.register_fake(f"{NAMESPACE}::{name}")(fn)
+        return fn
+
+    return deco
+
+
+def _int_in_features(weight: torch.Tensor, bits: int) -> int:
+    return weight.shape[1] * weight.shape[2] * 8 // bits
+
+
+@_register_fake("dequantize_int")
+def _(weight, scales, zeros, bits, dtype):
+    torch._check(weight.dtype == torch.uint8, lambda: f"weight must be uint8, got {weight.dtype}")
+    torch._check(weight.dim() == 3, lambda: f"weight must be [out, groups, bytes], got {tuple(weight.shape)}")
+    torch._check(2 <= bits <= 8, lambda: f"bits must be 2..8, got {bits}")
+    return weight.new_empty((weight.shape[0], _int_in_features(weight, bits)), dtype=dtype)
+
+
+@_register_fake("dequantize_4bit")
+def _(weight, absmax, code, shape, dtype):
+    torch._check(weight.dtype == torch.uint8, lambda: f"weight must be uint8, got {weight.dtype}")
+    torch._check(absmax.dtype == torch.float32, lambda: f"absmax must be float32, got {absmax.dtype}")
+    return weight.new_empty(tuple(shape), dtype=dtype)
+
+
+@_register_fake("dequantize_8bit_blockwise")
+def _(codes, absmax, code, blocksize):
+    torch._check(codes.dtype == torch.uint8, lambda: f"codes must be uint8, got {codes.dtype}")
+    return codes.new_empty(codes.shape, dtype=torch.float32)
+
+
+@_register_fake("linear_int")
+def _(x, weight, scales, zeros, bits, bias):
+    torch._check(x.shape[-1] == _int_in_features(weight, bits), lambda: "x's last dim must equal in_features")
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@_register_fake("linear_4bit")
+def _(x, weight, absmax, code, shape, bias):
+    torch._check(x.shape[-1] == shape[1], lambda: f"x's last dim must be {shape[1]}, got {x.shape[-1]}")
+    return x.new_empty((*x.shape[:-1], shape[0]))
+
+
+def op(name: str):
+    """The OpOverloadPacket torch.ops.hfq.<name>."""
+    return getattr(getattr(torch.ops, NAMESPACE), name)

@@ -1,0 +1,63 @@
+"""Pure-torch bodies of the hfq ops, registered as the default kernel for every device.
+
+They are the spec: native kernels must match them, and tests check them against bitsandbytes and
+naive loops written from the format definitions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..formats.bitpack import unpack_bits, unpack_nibbles_hi_first
+from . import ops
+
+
+def _default(name):
+    def deco(fn):
+        if ops._FIRST_TIME:
+            torch.library.impl(f"{ops.NAMESPACE}::{name}", "default")(fn)
+        return fn
+
+    return deco
+
+
+@_default("dequantize_int")
+def dequantize_int(weight, scales, zeros, bits, dtype):
+    out, groups, nbytes = weight.shape
+    q = unpack_bits(weight, bits).to(torch.float32)  # [out, G, g]
+    zero = zeros.to(torch.float32).unsqueeze(-1) if zeros is not None else float(2 ** (bits - 1))
+    w = (q - zero) * scales.to(torch.float32).unsqueeze(-1)
+    return w.reshape(out, groups * q.shape[-1]).to(dtype)
+
+
+@_default("dequantize_4bit")
+def dequantize_4bit(weight, absmax, code, shape, dtype):
+    q = unpack_nibbles_hi_first(weight)  # [nb, B]
+    vals = code.to(weight.device)[q.long()] * absmax.unsqueeze(-1)
+    n = 1
+    for s in shape:
+        n *= s
+    return vals.reshape(-1)[:n].reshape(shape).to(dtype)
+
+
+@_default("dequantize_8bit_blockwise")
+def dequantize_8bit_blockwise(codes, absmax, code, blocksize):
+    n = codes.numel()
+    vals = code.to(codes.device)[codes.reshape(-1).long()]
+    pad = (-n) % blocksize
+    if pad:
+        vals = F.pad(vals, (0, pad))
+    return (vals.reshape(-1, blocksize) * absmax.unsqueeze(-1)).reshape(-1)[:n].reshape(codes.shape)
+
+
+@_default("linear_int")
+def linear_int(x, weight, scales, zeros, bits, bias):
+    w = ops.op("dequantize_int")(weight, scales, zeros, bits, x.dtype)
+    return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+
+
+@_default("linear_4bit")
+def linear_4bit(x, weight, absmax, code, shape, bias):
+    w = ops.op("dequantize_4bit")(weight, absmax, code, shape, x.dtype)
+    return F.linear(x, w, None if bias is None else bias.to(x.dtype))

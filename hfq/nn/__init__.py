@@ -1,0 +1,3 @@
+from .linear import HfqLinear
+
+__all__ = ["HfqLinear"]

@@ -1,0 +1,87 @@
+"""HfqQuantizer: every transformers hook hfq implements. The hook API changes between releases; keep its
+calls here. Checked against transformers 5.23 (see README, 'How loading works')."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import torch
+from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
+from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
+
+from .config import FORMAT_VERSION, QUANT_METHOD, HfqConfig
+from .integration import HfqQuantize, dequantize_model, replace_with_hfq_linear
+from .nn import HfqLinear
+
+logger = logging.getLogger(__name__)
+
+
+class HfqQuantizer(HfQuantizer):
+    requires_calibration = False
+
+    def __init__(self, quantization_config: HfqConfig, **kwargs):
+        super().__init__(quantization_config, **kwargs)
+        self.progress = None  # optional callable(key) set by callers that show progress
+
+    def validate_environment(self, device_map=None, **kwargs):
+        if isinstance(device_map, dict) and "disk" in device_map.values():
+            raise ValueError(
+                "hfq cannot offload quantized layers to disk (device_map has 'disk' entries); give more CPU memory "
+                "via max_memory, or use a smaller model."
+            )
+
+    def update_dtype(self, dtype):
+        return dtype if dtype is not None else torch.float32
+
+    def _process_model_before_weight_loading(self, model, keep_in_fp32_modules=None, **kwargs):
+        cfg = self.quantization_config
+        skip = self.get_modules_to_not_convert(model, cfg.modules_to_not_convert, model._keep_in_fp32_modules)
+        self.modules_to_not_convert = skip
+        replace_with_hfq_linear(model, cfg, skip)
+
+    def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
+        if self.pre_quantized:
+            return False
+        module_name, _, tensor_name = param_name.rpartition(".")
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            return False
+        return isinstance(module, HfqLinear) and tensor_name == "weight"
+
+    def get_quantize_ops(self):
+        return HfqQuantize(on_layer_done=self.progress)
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        return model
+
+    def get_state_dict_and_metadata(self, model):
+        cfg = self.quantization_config
+        layers = {n: [m.out_features, m.in_features] for n, m in model.named_modules() if isinstance(m, HfqLinear)}
+        return None, {"hfq_format_version": str(FORMAT_VERSION), "hfq_method": cfg.short_name(),
+                      "hfq_layers": json.dumps(layers, separators=(",", ":"))}
+
+    def is_serializable(self):
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return False
+
+    def _dequantize(self, model, dtype=None):
+        if isinstance(dtype, str):  # config.dtype is a string after save_pretrained
+            dtype = getattr(torch, dtype)
+        n = dequantize_model(model, dtype or torch.float32)
+        logger.info("hfq: dequantized %d layers", n)
+        return model
+
+
+def register() -> None:
+    """Register HfqConfig and HfqQuantizer under quant_method 'hfq'. Safe to call more than once."""
+    if AUTO_QUANTIZATION_CONFIG_MAPPING.get(QUANT_METHOD) is not HfqConfig:
+        AUTO_QUANTIZATION_CONFIG_MAPPING.pop(QUANT_METHOD, None)  # a stale class from a reloaded module
+        register_quantization_config(QUANT_METHOD)(HfqConfig)
+    if AUTO_QUANTIZER_MAPPING.get(QUANT_METHOD) is not HfqQuantizer:
+        AUTO_QUANTIZER_MAPPING.pop(QUANT_METHOD, None)
+        register_quantizer(QUANT_METHOD)(HfqQuantizer)

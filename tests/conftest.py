@@ -1,0 +1,65 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# Keep hfq's cache where CI can reuse it between runs on the same machine, but never on the Hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
+
+
+def _tiny_llama(tie: bool):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=512, tie_word_embeddings=tie, max_position_embeddings=128)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _tiny_gemma3():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=1, head_dim=32, vocab_size=512, max_position_embeddings=128,
+                           sliding_window=16, layer_types=["sliding_attention", "full_attention"])
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny-llama")
+    _tiny_llama(tie=False).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_tied_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny-llama-tied")
+    _tiny_llama(tie=True).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny-gemma3")
+    _tiny_gemma3().save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session", params=["llama", "gemma3"])
+def tiny_model_dir(request, tiny_llama_dir, tiny_gemma3_dir):
+    return {"llama": tiny_llama_dir, "gemma3": tiny_gemma3_dir}[request.param]
+
+
+@pytest.fixture(scope="session")
+def gemma_dir():
+    """The embedded Gemma-3-270M as a float folder (built once into the hfq cache)."""
+    from hfq.models import local_model
+
+    return local_model("gemma-3-270m")

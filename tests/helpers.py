@@ -1,0 +1,63 @@
+"""Naive references written from the format definitions, one element at a time. Slow on purpose: they are
+the oracle for the vectorized code, so they share none of it."""
+
+import numpy as np
+import torch
+
+f32 = np.float32
+
+
+def naive_rtn(w: torch.Tensor, bits: int, group_size: int, sym: bool):
+    """Per-element RTN: returns (codes [out][in] ints, scales [out][G] floats, zeros [out][G] ints, deq [out][in])."""
+    out_f, in_f = w.shape
+    g = in_f if group_size == -1 else group_size
+    maxq = 2**bits - 1
+    rows = w.tolist()
+    codes, scales, zeros, deq = [], [], [], []
+    for row in rows:
+        cr, sr, zr, dr = [], [], [], []
+        for start in range(0, in_f, g):
+            grp = row[start : start + g]
+            # arithmetic in float32, as the spec says
+            if sym:
+                amax = max(abs(f32(v)) for v in grp)
+                scale = f32(2) * amax / f32(maxq)
+            else:
+                lo, hi = min(f32(min(grp)), f32(0)), max(f32(max(grp)), f32(0))
+                scale = (hi - lo) / f32(maxq)
+            # the stored scale is float16; quantize against exactly that value
+            scale = f32(np.float16(min(scale, f32(65504.0))))
+            if scale == 0:
+                scale = f32(1.0)
+            if sym:
+                zero = 2 ** (bits - 1)
+            else:
+                zero = min(max(round(float(-lo / scale)), 0), maxq)
+            for v in grp:
+                q = min(max(round(float(f32(v) / scale)) + zero, 0), maxq)
+                cr.append(q)
+                dr.append(float(scale) * (q - zero))
+            sr.append(float(scale))
+            zr.append(zero)
+        codes.append(cr)
+        scales.append(sr)
+        zeros.append(zr)
+        deq.append(dr)
+    return codes, scales, zeros, deq
+
+
+def naive_unpack_bitstream(row_bytes: list[int], bits: int, n: int) -> list[int]:
+    """Value i is bits [i*b, (i+1)*b) of the row, bit 0 = LSB of byte 0."""
+    out = []
+    for i in range(n):
+        v = 0
+        for b in range(bits):
+            pos = i * bits + b
+            v |= ((row_bytes[pos // 8] >> (pos % 8)) & 1) << b
+        out.append(v)
+    return out
+
+
+def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
+    ref, approx = ref.double(), approx.double()
+    return float(10 * torch.log10(ref.pow(2).sum() / (ref - approx).pow(2).sum()))

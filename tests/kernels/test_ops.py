@@ -1,0 +1,73 @@
+import bitsandbytes.functional as bF
+import pytest
+import torch
+from helpers import naive_unpack_bitstream
+from torch.library import opcheck
+
+import hfq.kernels  # noqa: F401
+from hfq.algorithms.rtn import quantize_codebook4
+from hfq.formats.codebooks import codebook
+
+
+def _int_args(bits, sym, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out, G, gsize = 5, 3, 16
+    weight = torch.randint(0, 256, (out, G, gsize * bits // 8), generator=g, dtype=torch.uint8)
+    scales = (torch.rand(out, G, generator=g) * 0.1).half()
+    zeros = None if sym else torch.randint(0, 2**bits, (out, G), generator=g, dtype=torch.uint8)
+    return weight, scales, zeros
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("sym", [True, False])
+def test_dequantize_int_equals_naive_definition(bits, sym):
+    weight, scales, zeros = _int_args(bits, sym)
+    got = torch.ops.hfq.dequantize_int(weight, scales, zeros, bits, torch.float32)
+    for r in range(weight.shape[0]):
+        for gi in range(weight.shape[1]):
+            q = naive_unpack_bitstream(weight[r, gi].tolist(), bits, 16)
+            z = 2 ** (bits - 1) if zeros is None else int(zeros[r, gi])
+            s = float(scales[r, gi])
+            assert got[r, gi * 16 : (gi + 1) * 16].tolist() == [s * (v - z) for v in q]
+
+
+@pytest.mark.parametrize("qt", ["nf4", "fp4"])
+def test_dequantize_4bit_equals_bitsandbytes_on_random_bytes(qt):
+    g = torch.Generator().manual_seed(3)
+    nb, bs = 40, 64
+    weight = torch.randint(0, 256, (nb, bs // 2), generator=g, dtype=torch.uint8)
+    absmax = torch.rand(nb, generator=g) * 3
+    shape = [20, 128]
+    state = bF.QuantState(absmax=absmax, shape=torch.Size(shape), code=None, blocksize=bs, quant_type=qt,
+                          dtype=torch.float32)
+    ref = bF.dequantize_4bit(weight.reshape(-1, 1), state)
+    got = torch.ops.hfq.dequantize_4bit(weight, absmax, codebook(qt), shape, torch.float32)
+    assert torch.equal(got, ref)
+
+
+def test_dequantize_double_quant_equals_bitsandbytes():
+    # Feed hfq's own double-quantized tensors to bitsandbytes' decoder: the absmax values must agree exactly.
+    w = torch.randn(300, 256, generator=torch.Generator().manual_seed(4))
+    t = quantize_codebook4(w, "nf4", 64, True)
+    got = torch.ops.hfq.dequantize_8bit_blockwise(t["absmax"], t["absmax_scale"], codebook("dynamic8"), 256)
+    got = got + t["absmax_offset"]
+    state2 = bF.QuantState(absmax=t["absmax_scale"], code=codebook("dynamic8"), blocksize=256, dtype=torch.float32)
+    ref = bF.dequantize_blockwise(t["absmax"], state2) + t["absmax_offset"]
+    assert torch.equal(got, ref)
+
+
+def _opcheck_cases():
+    w, s, z = _int_args(4, False)
+    x = torch.randn(2, 48)
+    nf = quantize_codebook4(torch.randn(8, 64), "nf4", 64, False)
+    yield "dequantize_int", (w, s, z, 4, torch.float32)
+    yield "linear_int", (x, w, s, z, 4, torch.randn(5))
+    yield "dequantize_4bit", (nf["weight"], nf["absmax"], codebook("nf4"), [8, 64], torch.bfloat16)
+    yield "linear_4bit", (torch.randn(3, 64), nf["weight"], nf["absmax"], codebook("nf4"), [8, 64], None)
+    yield "dequantize_8bit_blockwise", (torch.randint(0, 256, (300,), dtype=torch.uint8), torch.rand(2),
+                                        codebook("dynamic8"), 256)
+
+
+@pytest.mark.parametrize("name,args", list(_opcheck_cases()), ids=lambda v: v if isinstance(v, str) else "")
+def test_opcheck(name, args):
+    opcheck(getattr(torch.ops.hfq, name).default, args)

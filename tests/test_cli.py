@@ -1,0 +1,81 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import AutoModelForCausalLM
+
+from hfq.cli import main
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "hfq.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_quantize_then_info(tiny_llama_dir, tmp_path, capsys):
+    out = tmp_path / "q"
+    assert main(["quantize", str(tiny_llama_dir), "--method", "rtn", "--bits", "4", "--group-size", "32",
+                 "--asym", "--out", str(out)]) == 0
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.quantization_config.to_dict()["sym"] is False
+    # same bytes as the Python API
+    import hfq
+
+    api = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=hfq.HfqConfig(
+        method="rtn", bits=4, group_size=32, sym=False))
+    assert all(torch.equal(a, b) for a, b in zip(api.state_dict().values(), model.state_dict().values()))
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == str(tiny_llama_dir) and card.data.base_model_relation == "quantized"
+    assert "import hfq" in card.text and "rtn-int4-g32-asym" in card.text
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["layers_quantized"] == 14
+    # int4 g32 asym: 4 bits + 16-bit scale/32 + 8-bit zero/32 = 4.75 bpw
+    assert info["quantized_bpw"] == pytest.approx(4.75)
+    assert main(["info", str(out)]) == 0
+    assert "4.750 (quantized layers)" in capsys.readouterr().out
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+def test_existing_output_is_kept(tiny_llama_dir, tmp_path):
+    out = tmp_path / "q"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    r = _run("quantize", str(tiny_llama_dir), "--method", "nf4", "--out", str(out))
+    assert r.returncode == 1 and "exists and is not empty; pass --overwrite" in r.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_failed_run_leaves_nothing(tiny_llama_dir, tmp_path):
+    out = tmp_path / "q"
+    r = _run("quantize", str(tiny_llama_dir), "--method", "rtn", "--group-size", "128", "--out", str(out))
+    assert r.returncode == 1  # hidden size 64 is not a multiple of 128
+    assert "not a multiple of group_size=128" in r.stderr and "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["quantize", "m", "--method", "int3", "--out", "x"], "invalid choice: 'int3'"),
+    (["quantize", "m", "--method", "rtn", "--bits", "9", "--out", "x"], "bits=9 is not supported by rtn"),
+    (["quantize", "m", "--method", "nf4", "--bits", "four", "--out", "x"], "invalid int value: 'four'"),
+    (["quantize", "m", "--method", "rtn", "--double-quant", "--out", "x"], "double_quant=True does not apply"),
+    (["info", "/nonexistent/dir"], "has no config.json"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_bad_arguments_one_line_no_traceback(args, msg):
+    r = _run(*args)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and msg in lines[0] and lines[0].startswith("hfq: error:"), r.stderr
+
+
+def test_doctor_lists_every_op():
+    r = _run("doctor")
+    assert r.returncode == 0
+    for op in ("dequantize_int", "dequantize_4bit", "linear_int", "linear_4bit", "dequantize_8bit_blockwise"):
+        assert f"hfq::{op}" in r.stdout
