@@ -82,8 +82,10 @@ def local_model(name: str = "gemma-3-270m") -> Path:
         tok.save_pretrained(tmp)
         _clear_offline_flag(tmp / "tokenizer_config.json")
         (tmp / _MARKER).write_text(json.dumps({"source": pkg.MODEL_NAME, "gguf_sha256": pkg.EXPECTED_SHA256}))
+        if marker.exists():  # another process finished first: keep its folder
+            return out
         if out.exists():
-            shutil.rmtree(out)
+            shutil.rmtree(out)  # a stale or incomplete folder without a valid marker
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -11,7 +11,7 @@ from ..formats.codebooks import codebook
 from ..formats.layouts import DQ_BLOCK, check_shape
 
 _FP16_MAX = 65504.0
-_ROWS_PER_CHUNK = 1024  # bounds temporaries to a few rows of float32 at a time
+_CHUNK_ELEMS = 1 << 18  # float32 temporaries of about 1 MB: small ones keep the allocator's high-water mark low
 
 
 def int_grid_params(wg: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,9 +42,10 @@ def quantize_int(w: torch.Tensor, bits: int, group_size: int, sym: bool):
     out_f, in_f = w.shape
     g = in_f if group_size == -1 else group_size
     maxq = 2**bits - 1
+    rows = max(1, _CHUNK_ELEMS // in_f)
     codes, scales, zeros = [], [], []
-    for r in range(0, out_f, _ROWS_PER_CHUNK):
-        wg = w[r : r + _ROWS_PER_CHUNK].to(torch.float32).reshape(-1, in_f // g, g)
+    for r in range(0, out_f, rows):
+        wg = w[r : r + rows].to(torch.float32).reshape(-1, in_f // g, g)
         scale, zero = int_grid_params(wg, bits, sym)
         q = torch.clamp(torch.round(wg / scale.unsqueeze(-1)) + zero.unsqueeze(-1), 0, maxq)
         codes.append(q.to(torch.uint8))
@@ -72,7 +73,7 @@ def quantize_blockwise_absmax(flat: torch.Tensor, code: torch.Tensor, blocksize:
     absmax = blocks.abs().amax(-1)
     inv = 1.0 / absmax.clamp(min=torch.finfo(torch.float32).tiny)
     out = torch.empty(blocks.shape, dtype=torch.uint8, device=flat.device)
-    step = max(1, (_ROWS_PER_CHUNK * 1024) // blocksize)
+    step = max(1, _CHUNK_ELEMS // blocksize)
     for r in range(0, blocks.shape[0], step):
         scaled = torch.clamp(blocks[r : r + step] * inv[r : r + step, None], -1, 1)
         out[r : r + step] = nearest_code(scaled, code.to(flat.device))

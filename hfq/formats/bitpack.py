@@ -28,6 +28,8 @@ def pack_bits(q: torch.Tensor, bits: int) -> torch.Tensor:
         raise ValueError(f"a row of {n} {bits}-bit codes is not a whole number of bytes; need n*bits % 8 == 0")
     if bits == 8:
         return q.clone()
+    if bits == 4:  # the common case, without the 8x bit-plane temporary
+        return q[..., 0::2] | (q[..., 1::2] << 4)
     shifts = torch.arange(bits, device=q.device, dtype=torch.uint8)
     stream = (q.unsqueeze(-1) >> shifts) & 1  # [..., n, bits]
     stream = stream.reshape(*q.shape[:-1], n * bits // 8, 8)
