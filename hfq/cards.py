@@ -33,15 +33,21 @@ def render_card(info: dict, base_model: str, command: str, repo_or_path: str, li
         tags=["hfq", f"hfq-{cfg.get('method', 'float')}", f"{cfg.get('bits', 16)}-bit"],
     )
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(resource_dir("model_cards")), autoescape=False,
-                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
-    e = html.escape
-    files = [(e(p.name), _sha256(p)) for p in sorted(folder.iterdir()) if p.suffix in (".safetensors", ".json")]
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
+                             undefined=jinja2.StrictUndefined)
+    def e(v: str) -> str:  # Markdown text, where HTML is live and a newline could start a block
+        return html.escape(" ".join(str(v).split()))
+
+    def code(v: str) -> str:  # code blocks and spans: HTML is inert there, but a backtick or newline would end them
+        return " ".join(str(v).split()).replace("`", "'")
+
+    files = [(code(p.name), _sha256(p)) for p in sorted(folder.iterdir()) if p.suffix in (".safetensors", ".json")]
     return env.get_template("quantized.md.j2").render(
         card_data=data.to_yaml(),
         title=e(f"{base_model.rstrip('/').split('/')[-1]} ({info['method']})"),
         base_model=e(base_model), method=e(info["method"]), layers_quantized=info["layers_quantized"],
         quantized_bpw=f"{info['quantized_bpw']:.3f}" if info["quantized_bpw"] else "n/a",
         model_bpw=f"{info['model_bpw']:.3f}", weight_mb=f"{info['weight_bytes'] / 1e6:.1f}",
-        repo_or_path=e(repo_or_path).replace("`", ""), command=e(command).replace("`", ""),
-        config_json=e(json.dumps(cfg, sort_keys=True)).replace("`", ""), hfq_version=__version__, files=files,
+        repo_literal=code(json.dumps(repo_or_path)), command=code(command),
+        config_json=code(json.dumps(cfg, sort_keys=True)), hfq_version=__version__, files=files,
     )

@@ -79,3 +79,20 @@ def test_doctor_lists_every_op():
     assert r.returncode == 0
     for op in ("dequantize_int", "dequantize_4bit", "linear_int", "linear_4bit", "dequantize_8bit_blockwise"):
         assert f"hfq::{op}" in r.stdout
+
+
+def test_card_escapes_metadata(tiny_llama_dir, tmp_path):
+    from hfq.cards import render_card
+    from hfq.checkpoint import describe
+
+    out = tmp_path / "q"
+    assert main(["quantize", str(tiny_llama_dir), "--method", "nf4", "--out", str(out)]) == 0
+    evil = 'me/<script>alert(1)</script>"\n---\nlicense: evil'
+    card = render_card(describe(out), evil, "hfq quantize x --out ```rm -rf /```", 'a"b`c')
+    parsed = ModelCard(card)
+    assert parsed.data.base_model == evil  # YAML-quoted, not injected
+    assert parsed.data.license is None
+    body = card.split("\n---\n", 1)[1]  # after the front matter
+    assert "<script>" not in body and "&lt;script&gt;" in body
+    assert "\n---\n" not in body
+    assert "```rm" not in card and 'from_pretrained("a\\"b\'c")' in card
