@@ -49,9 +49,6 @@ def replace_with_hfq_linear(model: nn.Module, config: HfqConfig, modules_to_not_
 class HfqQuantize(ConversionOps):
     """Turns one float `...weight` tensor, as it is read from the checkpoint, into the layer's layout tensors."""
 
-    def __init__(self, on_layer_done=None):
-        self.on_layer_done = on_layer_done
-
     def convert(self, input_dict, full_layer_name=None, model=None, **kwargs):
         result = {}
         for key, value in input_dict.items():
@@ -63,27 +60,7 @@ class HfqQuantize(ConversionOps):
                                             module.sym, module.double_quant)
             result.update({prefix + n: t for n, t in tensors.items()})
             module._is_hf_initialized = True
-            if self.on_layer_done is not None:
-                self.on_layer_done(key)
         return result
-
-
-def quantize_model_in_place(model: nn.Module, config: HfqConfig, modules_to_not_convert: list[str] | None = None) -> int:
-    """Quantize an already-loaded float model (no transformers loading involved). Returns the layer count."""
-    count = 0
-    kwargs = layer_kwargs(config)
-    for name, module in list(model.named_modules()):
-        if type(module) is not nn.Linear or not should_convert_module(name, modules_to_not_convert):
-            continue
-        w = module.weight.detach()
-        new = HfqLinear(module.in_features, module.out_features, module.bias is not None, dtype=w.dtype,
-                        device=w.device, **kwargs)
-        new.load_quantized(quantize_layer_weight(w, **kwargs))
-        if module.bias is not None:
-            new.bias.data.copy_(module.bias.detach())
-        model.set_submodule(name, new)
-        count += 1
-    return count
 
 
 def dequantize_model(model: nn.Module, dtype: torch.dtype) -> int:

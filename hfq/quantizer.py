@@ -20,10 +20,6 @@ logger = logging.getLogger(__name__)
 class HfqQuantizer(HfQuantizer):
     requires_calibration = False
 
-    def __init__(self, quantization_config: HfqConfig, **kwargs):
-        super().__init__(quantization_config, **kwargs)
-        self.progress = None  # optional callable(key) set by callers that show progress
-
     def validate_environment(self, device_map=None, **kwargs):
         if isinstance(device_map, dict) and "disk" in device_map.values():
             raise ValueError(
@@ -51,7 +47,7 @@ class HfqQuantizer(HfQuantizer):
         return isinstance(module, HfqLinear) and tensor_name == "weight"
 
     def get_quantize_ops(self):
-        return HfqQuantize(on_layer_done=self.progress)
+        return HfqQuantize()
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         return model
