@@ -62,7 +62,7 @@ def local_model(name: str = "gemma-3-270m") -> Path:
     out = cache_dir() / "models" / name
     pkg = _embedded_package(name)
     marker = out / _MARKER
-    if marker.exists() and json.loads(marker.read_text()).get("gguf_sha256") == pkg.EXPECTED_SHA256:
+    if _is_built(marker, pkg.EXPECTED_SHA256):
         return out
     src = gguf_path(name)
     logger.info("hfq: building the float %s folder from %s (once, about a minute)", name, src.name)
@@ -82,7 +82,7 @@ def local_model(name: str = "gemma-3-270m") -> Path:
         tok.save_pretrained(tmp)
         _clear_offline_flag(tmp / "tokenizer_config.json")
         (tmp / _MARKER).write_text(json.dumps({"source": pkg.MODEL_NAME, "gguf_sha256": pkg.EXPECTED_SHA256}))
-        if marker.exists():  # another process finished first: keep its folder
+        if _is_built(marker, pkg.EXPECTED_SHA256):  # another process finished first: keep its folder
             return out
         if out.exists():
             shutil.rmtree(out)  # a stale or incomplete folder without a valid marker
@@ -90,6 +90,10 @@ def local_model(name: str = "gemma-3-270m") -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _is_built(marker: Path, sha256: str) -> bool:
+    return marker.exists() and json.loads(marker.read_text()).get("gguf_sha256") == sha256
 
 
 def _clear_offline_flag(path: Path) -> None:

@@ -49,9 +49,6 @@ class HfqQuantizer(HfQuantizer):
     def get_quantize_ops(self):
         return HfqQuantize()
 
-    def _process_model_after_weight_loading(self, model, **kwargs):
-        return model
-
     def get_state_dict_and_metadata(self, model):
         cfg = self.quantization_config
         layers = {n: [m.out_features, m.in_features] for n, m in model.named_modules() if isinstance(m, HfqLinear)}
