@@ -7,17 +7,21 @@ from typing import Any
 
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from .formats.ggml_types import FILE_TYPES, QUANT_TYPES
+
 QUANT_METHOD = "hfq"
 FORMAT_VERSION = 1
 
-METHODS = ("rtn", "nf4", "fp4")
+METHODS = ("rtn", "nf4", "fp4", "gguf")
 CODEBOOK_METHODS = ("nf4", "fp4")
 RTN_BITS = (2, 3, 4, 5, 6, 7, 8)
 RTN_GROUP_SIZES = (-1, 16, 32, 64, 128, 256, 512, 1024)
 CODEBOOK_BLOCK_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 DEFAULT_GROUP_SIZE = {"rtn": 128, "nf4": 64, "fp4": 64}
+GGUF_QUANT_TYPES = tuple(FILE_TYPES)
 
-_FIELDS = ("method", "bits", "group_size", "sym", "double_quant", "modules_to_not_convert")
+_FIELDS = ("method", "bits", "group_size", "sym", "double_quant", "modules_to_not_convert", "quant_type",
+           "importance", "tensor_types")
 
 
 def _allowed(values) -> str:
@@ -35,6 +39,13 @@ class HfqConfig(QuantizationConfigMixin):
     double_quant: nf4/fp4 only. Quantizes the absmax constants to 8 bits (block 256) around their mean.
     modules_to_not_convert: module names or patterns kept in float. None keeps transformers' defaults
         (lm_head, tied and output embeddings); a list adds to nothing, so include them yourself.
+    quant_type: gguf only. A llama.cpp file type: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K_S/M/L, Q4_K_S/M,
+        Q5_K_S/M or Q6_K. The _S/_M/_L mixes choose per-tensor types by llama.cpp's rules.
+    importance: gguf only. Per-layer importance (mean squared input activation per column, llama.cpp's
+        imatrix): a path to a safetensors file from `hfq.algorithms.calibration.save_importance`, or a dict
+        {module name: tensor}. Saved checkpoints record only whether it was used (True).
+    tensor_types: gguf only. {module name: GGML type}; filled in at quantization time and saved, so a reload
+        builds the same layers. Given by hand, it overrides the mix for the layers it names.
     """
 
     def __init__(
@@ -45,6 +56,9 @@ class HfqConfig(QuantizationConfigMixin):
         sym: bool | None = None,
         double_quant: bool | None = None,
         modules_to_not_convert: list[str] | None = None,
+        quant_type: str | None = None,
+        importance: Any = None,
+        tensor_types: dict[str, str] | None = None,
         **kwargs: Any,
     ):
         kwargs.pop("quant_method", None)
@@ -66,6 +80,9 @@ class HfqConfig(QuantizationConfigMixin):
         self.sym = sym
         self.double_quant = double_quant
         self.modules_to_not_convert = list(modules_to_not_convert) if modules_to_not_convert is not None else None
+        self.quant_type = quant_type
+        self.importance = importance
+        self.tensor_types = dict(tensor_types) if tensor_types is not None else None
         self._validate_and_fill()
 
     def _validate_and_fill(self) -> None:
@@ -80,6 +97,13 @@ class HfqConfig(QuantizationConfigMixin):
             v = getattr(self, name)
             if v is not None and not isinstance(v, bool):
                 raise ValueError(f"{name}={v!r} must be True or False.")
+        if m == "gguf":
+            self._validate_gguf()
+            return
+        for name in ("quant_type", "importance", "tensor_types"):
+            if getattr(self, name) not in (None, False):
+                raise ValueError(f"{name} applies to method='gguf' only; drop it or use method='gguf'.")
+        self.importance = None
         if self.group_size is None:
             self.group_size = DEFAULT_GROUP_SIZE[m]
         if m == "rtn":
@@ -113,14 +137,54 @@ class HfqConfig(QuantizationConfigMixin):
                 raise ValueError(f"sym={self.sym!r} applies to method='rtn' only; {m} codebooks are fixed. Drop sym.")
             if self.double_quant is None:
                 self.double_quant = False
+        self._validate_modules()
+
+    def _validate_modules(self) -> None:
         mods = self.modules_to_not_convert
         if mods is not None and not all(isinstance(x, str) for x in mods):
             raise ValueError(f"modules_to_not_convert={mods!r} must be a list of module names (str).")
 
+    def _validate_gguf(self) -> None:
+        qt = self.quant_type
+        if qt is None:
+            raise ValueError(f"method='gguf' needs quant_type; allowed: {_allowed(GGUF_QUANT_TYPES)}.")
+        if not isinstance(qt, str) or qt.upper() not in FILE_TYPES:
+            raise ValueError(f"quant_type={qt!r} is not a GGUF type hfq makes; allowed: {_allowed(GGUF_QUANT_TYPES)}.")
+        self.quant_type = qt.upper()
+        for name in ("bits", "group_size", "sym", "double_quant"):
+            if getattr(self, name) not in (None, False):
+                raise ValueError(f"{name}={getattr(self, name)!r} does not apply to method='gguf'; the GGML type "
+                                 "fixes bits and blocks. Drop it.")
+        self.bits = self.group_size = self.sym = None
+        self.double_quant = False
+        imp = self.importance
+        if imp is not None and not isinstance(imp, (str, dict, bool)) and not hasattr(imp, "__fspath__"):
+            raise ValueError(f"importance={type(imp).__name__} must be a path to a safetensors file or a dict "
+                             "{module name: tensor}.")
+        if imp is False:
+            self.importance = None
+        tt = self.tensor_types
+        if tt is not None:
+            bad = {k: v for k, v in tt.items() if not isinstance(v, str) or v.upper() not in QUANT_TYPES + ("F16",)}
+            if bad:
+                raise ValueError(f"tensor_types has unknown GGML type(s) {bad}; allowed: "
+                                 f"{_allowed(QUANT_TYPES + ('F16',))}.")
+            self.tensor_types = {k: v.upper() for k, v in tt.items()}
+        self._validate_modules()
+
+    @property
+    def has_importance(self) -> bool:
+        return self.importance not in (None, False)
+
     # JSON-native on disk: quant_method and the format version are always present.
     def to_dict(self) -> dict[str, Any]:
         d = {"quant_method": self.quant_method, "hfq_format_version": self.hfq_format_version}
-        d.update({k: copy.deepcopy(getattr(self, k)) for k in _FIELDS})
+        d.update({k: copy.deepcopy(getattr(self, k)) for k in _FIELDS if k != "importance"})
+        if self.method == "gguf":
+            d["importance"] = self.has_importance   # vectors and local paths never go into config.json
+        else:
+            for k in ("quant_type", "importance", "tensor_types"):
+                d.pop(k, None)
         return d
 
     def to_diff_dict(self) -> dict[str, Any]:
@@ -128,6 +192,8 @@ class HfqConfig(QuantizationConfigMixin):
 
     def short_name(self) -> str:
         """A name for file and repo suffixes, e.g. 'rtn-int4-g128-sym' or 'nf4-dq-b64'."""
+        if self.method == "gguf":
+            return f"gguf-{self.quant_type.lower()}{'-imat' if self.has_importance else ''}"
         if self.method == "rtn":
             g = "pc" if self.group_size == -1 else f"g{self.group_size}"
             return f"rtn-int{self.bits}-{g}-{'sym' if self.sym else 'asym'}"

@@ -11,6 +11,7 @@ from transformers.core_model_loading import ConversionOps
 from transformers.quantizers.quantizers_utils import get_module_from_name, should_convert_module
 
 from .algorithms import quantize_layer_weight
+from .algorithms.ggml_quant import quantize_rows
 from .config import HfqConfig
 from .nn import HfqLinear
 
@@ -22,19 +23,40 @@ def layer_kwargs(config: HfqConfig) -> dict:
                 sym=bool(config.sym), double_quant=bool(config.double_quant))
 
 
-def replace_with_hfq_linear(model: nn.Module, config: HfqConfig, modules_to_not_convert: list[str] | None) -> list[str]:
-    """Replace every convertible nn.Linear (on the meta device) with an empty HfqLinear; return their names."""
+def convertible_linears(model: nn.Module, modules_to_not_convert: list[str] | None) -> dict[str, int]:
+    """{name: in_features} of the nn.Linear layers hfq would quantize."""
+    return {name: m.in_features for name, m in model.named_modules()
+            if type(m) is nn.Linear and should_convert_module(name, modules_to_not_convert)}
+
+
+def replace_with_hfq_linear(model: nn.Module, config: HfqConfig, modules_to_not_convert: list[str] | None,
+                            ggml_types: dict[str, str] | None = None,
+                            importance: dict[str, torch.Tensor] | None = None) -> list[str]:
+    """Replace every convertible nn.Linear (on the meta device) with an empty HfqLinear; return their names.
+
+    gguf: ggml_types gives each layer's GGML type (F16 keeps the layer in float); importance, if given, is
+    attached to the layers it names for the weighted encoders."""
     replaced = []
     kwargs = layer_kwargs(config)
     for name, module in list(model.named_modules()):
         if type(module) is not nn.Linear or not should_convert_module(name, modules_to_not_convert):
             continue
+        if ggml_types is not None:
+            kwargs["ggml_type"] = ggml_types.get(name, "F16")
+            if kwargs["ggml_type"] == "F16":
+                continue
         try:
             with torch.device("meta"):
                 new = HfqLinear(module.in_features, module.out_features, module.bias is not None,
                                 dtype=module.weight.dtype, **kwargs)
         except ValueError as e:
             raise ValueError(f"cannot quantize layer {name!r} [{module.out_features}x{module.in_features}]: {e}") from e
+        if importance is not None and name in importance:
+            imp = importance[name]
+            if imp.numel() != module.in_features:
+                raise ValueError(f"importance for {name!r} has {imp.numel()} values; the layer has "
+                                 f"{module.in_features} input columns. It was collected on another model.")
+            new.importance = imp
         model.set_submodule(name, new)
         replaced.append(name)
     if not replaced:
@@ -56,8 +78,11 @@ class HfqQuantize(ConversionOps):
                 value = value[0]
             module, tensor_name = get_module_from_name(model, key)
             prefix = key[: -len(tensor_name)]
-            tensors = quantize_layer_weight(value, module.method, module.bits, module.group_size,
-                                            module.sym, module.double_quant)
+            if module.method == "gguf":
+                tensors = {"weight": quantize_rows(value, module.ggml_type, getattr(module, "importance", None))}
+            else:
+                tensors = quantize_layer_weight(value, module.method, module.bits, module.group_size,
+                                                module.sym, module.double_quant)
             result.update({prefix + n: t for n, t in tensors.items()})
             module._is_hf_initialized = True
         return result

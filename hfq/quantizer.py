@@ -11,7 +11,9 @@ from transformers.quantizers import HfQuantizer, register_quantization_config, r
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 
 from .config import FORMAT_VERSION, QUANT_METHOD, HfqConfig
-from .integration import HfqQuantize, dequantize_model, replace_with_hfq_linear
+from .algorithms.calibration import load_importance
+from .gguf import mixes
+from .integration import HfqQuantize, convertible_linears, dequantize_model, replace_with_hfq_linear
 from .nn import HfqLinear
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,28 @@ class HfqQuantizer(HfQuantizer):
         cfg = self.quantization_config
         skip = self.get_modules_to_not_convert(model, cfg.modules_to_not_convert, model._keep_in_fp32_modules)
         self.modules_to_not_convert = skip
-        replace_with_hfq_linear(model, cfg, skip)
+        if cfg.method != "gguf":
+            replace_with_hfq_linear(model, cfg, skip)
+            return
+        layers = convertible_linears(model, skip)
+        if self.pre_quantized:
+            if cfg.tensor_types is None:
+                raise ValueError("this gguf checkpoint's quantization_config has no tensor_types; it was not written "
+                                 "by hfq or was edited. Re-quantize from the float model.")
+            types = cfg.tensor_types
+        else:
+            shape = mixes.model_shape(model.config)
+            types = mixes.plan(cfg.quant_type, layers, shape, cfg.has_importance)
+            types.update({k: v for k, v in (cfg.tensor_types or {}).items() if k in layers})
+        importance = None
+        if cfg.has_importance and not self.pre_quantized:
+            importance = load_importance(cfg.importance)
+            missing = [n for n, t in types.items() if t != "F16" and n not in importance]
+            if missing:
+                raise ValueError(f"importance has no vector for {len(missing)} layer(s), e.g. {missing[:3]}; collect "
+                                 "it on this model (hfq importance) so every quantized layer is covered.")
+        cfg.tensor_types = {n: types.get(n, "F16") for n in layers}
+        replace_with_hfq_linear(model, cfg, skip, ggml_types=cfg.tensor_types, importance=importance)
 
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
         if self.pre_quantized:

@@ -14,6 +14,10 @@ nf4 / fp4 (block B over the row-major flattened weight, nb = ceil(out*in/B) bloc
   absmax_offset float32 []               double quant: mean of the absmax constants
   meaning: w = codebook[q] * absmax[block]; with double quant absmax = dynamic8[a] * absmax_scale[a_block] + offset
 
+gguf (GGML type T, llama.cpp blocks along each row of `in` values):
+  weight  uint8   [out, in / block(T) * type_size(T)]   the GGUF tensor data itself, byte for byte
+  meaning: ggml's dequantize_row_<T> (hfq.formats.ggml_dequant)
+
 The packed weight is never [out, in], so a checkpoint loaded by plain transformers (without `import hfq`)
 fails with a size mismatch instead of silently casting codes to floats.
 """
@@ -23,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from .ggml_types import ggml_type, row_bytes
 
 DQ_BLOCK = 256
 
@@ -38,8 +44,16 @@ def n_groups(in_features: int, group_size: int) -> int:
     return 1 if group_size == -1 else in_features // group_size
 
 
-def check_shape(method: str, out_features: int, in_features: int, bits: int, group_size: int) -> None:
+def check_shape(method: str, out_features: int, in_features: int, bits: int, group_size: int,
+                ggml: str | None = None) -> None:
     """Raise ValueError for a weight shape the layout cannot hold, naming the fix."""
+    if method == "gguf":
+        t = ggml_type(ggml or "")
+        if t.block == 1 or in_features % t.block:
+            raise ValueError(
+                f"in_features={in_features} is not a multiple of the {t.name} block ({t.block}); pick another type "
+                "in tensor_types or list the layer in modules_to_not_convert."
+            )
     if method == "rtn":
         g = in_features if group_size == -1 else group_size
         if in_features % g:
@@ -55,8 +69,10 @@ def check_shape(method: str, out_features: int, in_features: int, bits: int, gro
 
 
 def layer_specs(method: str, out_features: int, in_features: int, bits: int, group_size: int,
-                sym: bool, double_quant: bool) -> list[TensorSpec]:
-    check_shape(method, out_features, in_features, bits, group_size)
+                sym: bool, double_quant: bool, ggml: str | None = None) -> list[TensorSpec]:
+    check_shape(method, out_features, in_features, bits, group_size, ggml)
+    if method == "gguf":
+        return [TensorSpec("weight", (out_features, row_bytes(ggml, in_features)), torch.uint8)]
     if method == "rtn":
         g = in_features if group_size == -1 else group_size
         G = in_features // g

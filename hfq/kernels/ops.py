@@ -6,6 +6,8 @@ Ops (meaning of the tensors in hfq.formats.layouts):
   dequantize_8bit_blockwise(codes, absmax, code, blocksize)            -> float32, codes.shape
   linear_int(x, weight, scales, zeros?, bits, bias?)                   -> [..., out]
   linear_4bit(x, weight, absmax, code, shape, bias?)                   -> [..., shape[0]]
+  dequantize_ggml(weight, qtype, in_features, dtype)                   -> [out, in_features]
+  linear_ggml(x, weight, qtype, in_features, bias?)                    -> [..., out]
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ SCHEMAS = {
     "dequantize_8bit_blockwise": "(Tensor codes, Tensor absmax, Tensor code, int blocksize) -> Tensor",
     "linear_int": "(Tensor x, Tensor weight, Tensor scales, Tensor? zeros, int bits, Tensor? bias) -> Tensor",
     "linear_4bit": "(Tensor x, Tensor weight, Tensor absmax, Tensor code, int[] shape, Tensor? bias) -> Tensor",
+    "dequantize_ggml": "(Tensor weight, str qtype, int in_features, ScalarType dtype) -> Tensor",
+    "linear_ggml": "(Tensor x, Tensor weight, str qtype, int in_features, Tensor? bias) -> Tensor",
 }
 
 
@@ -33,6 +37,8 @@ def _is_defined(name: str) -> bool:
 
 # A re-executed module (importlib.reload) must not define twice: the first definitions stay.
 _FIRST_TIME = not _is_defined("dequantize_int")
+if not _FIRST_TIME and not _is_defined("linear_ggml"):
+    raise ImportError("torch.ops.hfq was defined by an older hfq in this process; restart Python.")
 if _FIRST_TIME:
     _lib = torch.library.Library(NAMESPACE, "FRAGMENT")
     for _name, _schema in SCHEMAS.items():
@@ -83,6 +89,19 @@ def _(x, weight, scales, zeros, bits, bias):
 def _(x, weight, absmax, code, shape, bias):
     torch._check(x.shape[-1] == shape[1], lambda: f"x's last dim must be {shape[1]}, got {x.shape[-1]}")
     return x.new_empty((*x.shape[:-1], shape[0]))
+
+
+@_register_fake("dequantize_ggml")
+def _(weight, qtype, in_features, dtype):
+    torch._check(weight.dtype == torch.uint8, lambda: f"weight must be uint8, got {weight.dtype}")
+    torch._check(weight.dim() == 2, lambda: f"weight must be [out, row_bytes], got {tuple(weight.shape)}")
+    return weight.new_empty((weight.shape[0], in_features), dtype=dtype)
+
+
+@_register_fake("linear_ggml")
+def _(x, weight, qtype, in_features, bias):
+    torch._check(x.shape[-1] == in_features, lambda: f"x's last dim must be {in_features}, got {x.shape[-1]}")
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 def op(name: str):

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from ..formats.bitpack import unpack_bits, unpack_nibbles_hi_first
+from ..formats.ggml_dequant import dequantize_rows
+from ..formats.ggml_types import row_bytes
 from . import ops
 
 
@@ -60,4 +62,18 @@ def linear_int(x, weight, scales, zeros, bits, bias):
 @_default("linear_4bit")
 def linear_4bit(x, weight, absmax, code, shape, bias):
     w = ops.op("dequantize_4bit")(weight, absmax, code, shape, x.dtype)
+    return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+
+
+@_default("dequantize_ggml")
+def dequantize_ggml(weight, qtype, in_features, dtype):
+    if weight.shape[-1] != row_bytes(qtype, in_features):
+        raise ValueError(f"{qtype} rows of {in_features} values take {row_bytes(qtype, in_features)} bytes; "
+                         f"weight has {weight.shape[-1]}. The checkpoint does not match its config.")
+    return dequantize_rows(weight, qtype, weight.shape[0], in_features).to(dtype)
+
+
+@_default("linear_ggml")
+def linear_ggml(x, weight, qtype, in_features, bias):
+    w = ops.op("dequantize_ggml")(weight, qtype, in_features, x.dtype)
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))

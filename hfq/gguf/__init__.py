@@ -1,0 +1,1 @@
+"""GGUF: llama.cpp naming, per-tensor type mixes (and, later, file export)."""
