@@ -32,6 +32,19 @@ def _tiny_gemma3():
 
 
 @pytest.fixture(scope="session")
+def llama256_dir(tmp_path_factory):
+    """Rows of 256 and 512, so GGUF k-quants apply without the shape fallback."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=1, vocab_size=512, tie_word_embeddings=False, max_position_embeddings=128)
+    d = tmp_path_factory.mktemp("llama256")
+    LlamaForCausalLM(cfg).eval().save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny-llama")
     _tiny_llama(tie=False).save_pretrained(d)

@@ -227,6 +227,13 @@ def quantize_rows(w: torch.Tensor, type_name: str, importance: torch.Tensor | No
         row_sigma2 = None
         if importance is not None and t.block == 32:   # legacy impls weight by the whole row's mean square
             row_sigma2 = (seqsum((x * x).T) / cols).repeat_interleave(cols // 32).unsqueeze(1)
+        if not torch.isfinite(x).all():
+            raise ValueError(f"the weight has non-finite values in rows {r0}..{r0 + nr - 1}; GGML blocks cannot hold "
+                             "them (llama.cpp rejects such files). Fix the checkpoint first.")
         fields = _encode(t.name, x.reshape(-1, t.block), qw, row_sigma2)
+        for k in ("d", "dmin", "m"):
+            if k in fields and not torch.isfinite(fields[k]).all():
+                raise ValueError(f"weights up to {x.abs().max().item():.3g} overflow the float16 scales of {t.name} "
+                                 "(max 65504); llama.cpp rejects such blocks. Use Q8_0 for this layer or rescale it.")
         out[r0:r0 + nr] = PACK[t.name](fields).view(nr, -1)
     return out

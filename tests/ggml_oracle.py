@@ -1,0 +1,102 @@
+"""Test-side helpers around the independent oracles: gguf-py (writer, dequantizer) and llama.cpp's quantizer."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+
+def write_f32_gguf(path, tensors: dict, n_layer: int, n_embd: int, n_ff: int, n_head: int, n_head_kv: int,
+                   n_vocab: int) -> Path:
+    """A minimal llama GGUF holding float32 tensors, enough for llama_model_quantize to load."""
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(128)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(n_embd // n_head)
+    w.add_file_type(0)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"t{i}".encode() for i in range(n_vocab)])
+    w.add_token_scores([0.0] * n_vocab)
+    w.add_token_types([1] * n_vocab)
+    for name, arr in tensors.items():
+        w.add_tensor(name, np.ascontiguousarray(arr, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(path)
+
+
+def llama_tensors(rng, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, tied=False, scale=None):
+    hd = n_embd // n_head
+    shapes = {"attn_q": (n_embd, n_embd), "attn_k": (n_head_kv * hd, n_embd), "attn_v": (n_head_kv * hd, n_embd),
+              "attn_output": (n_embd, n_embd), "ffn_gate": (n_ff, n_embd), "ffn_up": (n_ff, n_embd),
+              "ffn_down": (n_embd, n_ff)}
+    t = {"token_embd.weight": rng.standard_normal((n_vocab, n_embd)), "output_norm.weight": np.ones(n_embd)}
+    if not tied:
+        t["output.weight"] = rng.standard_normal((n_vocab, n_embd))
+    for i in range(n_layer):
+        t[f"blk.{i}.attn_norm.weight"] = np.ones(n_embd)
+        t[f"blk.{i}.ffn_norm.weight"] = np.ones(n_embd)
+        for role, shp in shapes.items():
+            s = scale(i, role) if scale else 1.0
+            t[f"blk.{i}.{role}.weight"] = rng.standard_normal(shp) * s
+    return {k: v.astype(np.float32) for k, v in t.items()}
+
+
+def llama_quantize(src, dst, file_type: str, pure: bool = False) -> dict:
+    """llama.cpp's llama_model_quantize (llama-cpp-python). Returns {tensor name: (type name, bytes)}."""
+    import llama_cpp
+
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + file_type)
+    p.pure = pure
+    p.nthread = 2
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
+    assert rc == 0, f"llama_model_quantize failed with {rc}"
+    return read_gguf(dst)
+
+
+def read_gguf(path) -> dict:
+    r = gguf.GGUFReader(str(path))
+    return {t.name: (t.tensor_type.name, np.array(t.data)) for t in r.tensors}
+
+
+def llama_quantize_bin() -> str | None:
+    """The llama-quantize binary for the opt-in importance tests: $HFQ_LLAMA_QUANTIZE or one on PATH."""
+    b = os.environ.get("HFQ_LLAMA_QUANTIZE") or shutil.which("llama-quantize")
+    return b if b and Path(b).exists() else None
+
+
+def write_imatrix(path, vectors: dict) -> Path:
+    """An imatrix GGUF that llama-quantize reads back as exactly these vectors (counts of 1)."""
+    w = gguf.GGUFWriter(str(path), "imatrix")
+    w.add_string("general.type", "imatrix")
+    w.add_array("imatrix.datasets", ["hfq-test"])
+    w.add_uint32("imatrix.chunk_count", 1)
+    w.add_uint32("imatrix.chunk_size", 512)
+    for k, v in vectors.items():
+        w.add_tensor(k + ".in_sum2", np.asarray(v, np.float32).reshape(1, -1))
+        w.add_tensor(k + ".counts", np.ones((1, 1), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(path)
+
+
+def run_llama_quantize_bin(binary, src, dst, file_type, imatrix=None, pure=True) -> dict:
+    cmd = [binary] + (["--pure"] if pure else []) + (["--imatrix", str(imatrix)] if imatrix else [])
+    subprocess.run(cmd + [str(src), str(dst), file_type, "2"], check=True, capture_output=True)
+    return read_gguf(dst)
