@@ -71,6 +71,8 @@ def describe(folder: str | Path) -> dict:
         keys = [f"{name}.{t}" for t in _LAYOUT_TENSORS if f"{name}.{t}" in tensors]
         layers[name] = {"shape": shape, "bytes": sum(nbytes[k] for k in keys),
                         "bpw": 8 * sum(nbytes[k] for k in keys) / (shape[0] * shape[1])}
+        if hq is not None and hq.tensor_types:
+            layers[name]["type"] = hq.tensor_types.get(name)
     quant_keys = {f"{n}.{t}" for n in layers for t in _LAYOUT_TENSORS}
     float_params = sum(_numel(t["shape"]) for k, t in tensors.items() if k not in quant_keys)
     q_weights = sum(v["shape"][0] * v["shape"][1] for v in layers.values())
@@ -89,7 +91,23 @@ def describe(folder: str | Path) -> dict:
         "bytes_on_disk": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
         "weight_bytes": total_tensor_bytes,
         "layers": layers,
+        "types": _type_summary(layers),
     }
+
+
+def _type_summary(layers: dict) -> dict:
+    """{GGML type: {"layers": n, "weights": n, "bpw": b}} for gguf checkpoints; empty otherwise."""
+    out: dict[str, dict] = {}
+    for v in layers.values():
+        if "type" not in v:
+            continue
+        s = out.setdefault(v["type"], {"layers": 0, "weights": 0, "bytes": 0})
+        s["layers"] += 1
+        s["weights"] += v["shape"][0] * v["shape"][1]
+        s["bytes"] += v["bytes"]
+    for s in out.values():
+        s["bpw"] = 8 * s.pop("bytes") / s["weights"]
+    return dict(sorted(out.items()))
 
 
 def _numel(shape) -> int:

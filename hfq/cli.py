@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .config import CODEBOOK_BLOCK_SIZES, METHODS, RTN_BITS, RTN_GROUP_SIZES
+from .config import CODEBOOK_BLOCK_SIZES, GGUF_QUANT_TYPES, METHODS, RTN_BITS, RTN_GROUP_SIZES
 
 logger = logging.getLogger("hfq")
 
@@ -37,6 +37,10 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sym", dest="sym", action="store_true", default=None, help="rtn: symmetric grid (default)")
     g.add_argument("--asym", dest="sym", action="store_false", help="rtn: asymmetric grid with zero points")
     q.add_argument("--double-quant", action="store_true", default=None, help="nf4/fp4: quantize the absmax constants")
+    q.add_argument("--quant-type", help=f"gguf: llama.cpp file type, one of {', '.join(GGUF_QUANT_TYPES)}")
+    q.add_argument("--importance", metavar="FILE", help="gguf: importance vectors from `hfq importance`")
+    q.add_argument("--calibration", metavar="TEXT", help="gguf: a text file; importance is collected from it first")
+    q.add_argument("--ctx", type=int, default=512, help="calibration window in tokens (default 512)")
     q.add_argument("--skip", nargs="+", metavar="MODULE",
                    help="modules kept in float (replaces the defaults: lm_head and tied embeddings)")
     q.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -48,6 +52,13 @@ def _build_parser() -> argparse.ArgumentParser:
     i.add_argument("path")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--layers", action="store_true", help="list every quantized layer")
+
+    m = sub.add_parser("importance", help="collect importance (llama.cpp's imatrix) from calibration text")
+    m.add_argument("model", help="local folder, Hub id, or an embedded model name (gemma-3-270m)")
+    m.add_argument("--text", required=True, help="calibration text file (UTF-8)")
+    m.add_argument("--ctx", type=int, default=512, help="window in tokens (default 512)")
+    m.add_argument("--chunks", type=int, help="use at most this many windows")
+    m.add_argument("--out", required=True, help="output .safetensors (written atomically)")
 
     sub.add_parser("doctor", help="report the environment hfq runs in and which kernels each op uses")
     return p
@@ -61,8 +72,13 @@ def _cmd_quantize(args) -> int:
     from .checkpoint import describe
     from .models import resolve
 
+    if (args.importance or args.calibration) and args.method != "gguf":
+        raise ValueError("--importance and --calibration apply to --method gguf only.")
+    if args.importance and args.calibration:
+        raise ValueError("give --importance or --calibration, not both.")
     cfg = HfqConfig(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
-                    double_quant=args.double_quant, modules_to_not_convert=args.skip)
+                    double_quant=args.double_quant, modules_to_not_convert=args.skip, quant_type=args.quant_type,
+                    importance=args.importance)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise ValueError(f"--out {out} exists and is not empty; pass --overwrite or choose another folder.")
@@ -70,6 +86,8 @@ def _cmd_quantize(args) -> int:
 
     src = resolve(args.model)
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    if args.calibration:
+        cfg.importance = _importance(src, args.calibration, args.ctx, None)
     print(f"quantizing {args.model} with {cfg.short_name()} ...", file=sys.stderr)
     model = AutoModelForCausalLM.from_pretrained(src, quantization_config=cfg, dtype=dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +108,33 @@ def _cmd_quantize(args) -> int:
     info = describe(out)
     print(f"saved {out}: {info['layers_quantized']} layers, {info['quantized_bpw']:.3f} bpw in quantized layers, "
           f"{info['bytes_on_disk'] / 1e6:.1f} MB")
+    return 0
+
+
+def _importance(src: str, text_file: str, ctx: int, chunks: int | None) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .algorithms.calibration import collect_importance, token_windows
+
+    text = Path(text_file).read_text(encoding="utf-8")
+    tok = AutoTokenizer.from_pretrained(src)
+    windows = token_windows(tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"], ctx,
+                            tok.bos_token_id)[:chunks]
+    print(f"collecting importance on {len(windows)} windows of {ctx} tokens ...", file=sys.stderr)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    return collect_importance(model, windows)
+
+
+def _cmd_importance(args) -> int:
+    from .algorithms.calibration import save_importance
+    from .models import resolve
+
+    out = Path(args.out)
+    imp = _importance(resolve(args.model), args.text, args.ctx, args.chunks)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_importance(imp, out)
+    print(f"saved {out}: importance for {len(imp)} linear layers")
     return 0
 
 
@@ -124,9 +169,12 @@ def _cmd_info(args) -> int:
     print(f"bits per weight   {q:.3f} (quantized layers)" if q else "bits per weight   n/a")
     print(f"                  {info['model_bpw']:.3f} (whole model, {info['parameters']:,} parameters)")
     print(f"size              {info['bytes_on_disk'] / 1e6:.1f} MB on disk")
+    for t, s in info["types"].items():
+        print(f"  {t:6} {s['layers']:4} layers  {s['weights']:>13,} weights  {s['bpw']:.3f} bpw")
     if args.layers:
         for name, layer in info["layers"].items():
-            print(f"  {name:60} {layer['shape'][0]}x{layer['shape'][1]}  {layer['bpw']:.3f} bpw")
+            kind = f"  {layer['type']}" if "type" in layer else ""
+            print(f"  {name:60} {layer['shape'][0]}x{layer['shape'][1]}{kind}  {layer['bpw']:.3f} bpw")
     return 0
 
 
@@ -149,7 +197,8 @@ def _cmd_doctor(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    handler = {"quantize": _cmd_quantize, "info": _cmd_info, "doctor": _cmd_doctor}[args.command]
+    handler = {"quantize": _cmd_quantize, "info": _cmd_info, "doctor": _cmd_doctor,
+               "importance": _cmd_importance}[args.command]
     try:
         return handler(args)
     except (ValueError, OSError, RuntimeError) as e:

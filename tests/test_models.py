@@ -8,15 +8,8 @@ import hfq
 from hfq.cli import main
 from hfq.models import resolve
 
-# Original prose written for this test (public domain), so nothing is downloaded.
-PARAGRAPH = (
-    "The harbour town woke slowly on winter mornings. Fishermen carried their nets down the stone steps while the "
-    "baker opened his shutters and set the first loaves on the window ledge. Children ran along the sea wall on "
-    "their way to school, and the old ferry sounded its horn as it left for the island across the bay. By noon the "
-    "market square was full of voices: farmers selling apples and cheese, a teacher arguing about the price of "
-    "potatoes, and tourists asking for directions to the lighthouse. In the evening the wind turned cold, the lamps "
-    "were lit one by one, and the smell of wood smoke drifted over the rooftops as families gathered for supper."
-)
+from helpers import PARAGRAPH  # noqa: E402
+
 
 
 @pytest.fixture(scope="module")

@@ -78,13 +78,14 @@ def save_importance(importance: dict[str, torch.Tensor], path: str | os.PathLike
 def load_importance(source) -> dict[str, torch.Tensor]:
     """A dict as given, or the vectors in a safetensors file written by save_importance."""
     if isinstance(source, dict):
-        return {k: torch.as_tensor(v).float().reshape(-1) for k, v in source.items()}
+        # explicit device: transformers builds the model under a meta-device context
+        return {k: torch.as_tensor(v, device="cpu").float().reshape(-1) for k, v in source.items()}
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"importance file {str(path)!r} does not exist; make one with `hfq importance` or "
                          "hfq.algorithms.calibration.save_importance.")
     try:
-        data = load_file(str(path))
+        data = load_file(str(path), device="cpu")
     except Exception as e:  # safetensors raises its own error types for truncated files
         raise ValueError(f"importance file {str(path)!r} is not a readable safetensors file ({e}).") from e
     bad = [k for k, v in data.items() if not torch.isfinite(v).all() or (v < 0).any()]
