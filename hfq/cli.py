@@ -188,6 +188,13 @@ def _cmd_doctor(args) -> int:
     print(f"cuda available: {torch.cuda.is_available()} (torch built with CUDA {torch.version.cuda})")
     print(f"c++ compiler: {shutil.which(os.environ.get('CXX', 'c++')) or 'not found'}; "
           f"ninja: {shutil.which('ninja') or 'not found'}")
+    from .algorithms import ggml_quant  # noqa: F401  (registers hfq::quantize_ggml's reference)
+    from .kernels import build
+
+    for ext in build.EXTENSIONS:   # builds (or finds in the cache) each native kernel, reporting failures
+        build.load(ext)
+    for ext, st in build.status().items():
+        print(f"extension {ext}: {st} (cache {build.cache_root()})")
     for name in SCHEMAS:
         keys = [k for k in ("CPU", "CUDA") if torch._C._dispatch_has_kernel_for_dispatch_key(op(name).default.name(), k)]
         print(f"  hfq::{name:28} native: {', '.join(keys) or 'none'}; fallback: pure-torch reference")

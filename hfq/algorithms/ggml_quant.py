@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..formats.ggml_layout import PACK
+from ..kernels import build, ops
 from ..formats.ggml_types import ggml_type
 from .ggml_search import (F32, first_absmax, make_q3_quants, make_qkx_quants, make_qp_quants, make_qx_quants,
                           nearest_int, rdiv, sqrtf, roundf, seqsum)
@@ -200,7 +201,10 @@ def _encode(name, x, qw, row_sigma2):
 
 
 def quantize_rows(w: torch.Tensor, type_name: str, importance: torch.Tensor | None = None) -> torch.Tensor:
-    """float [rows, cols] -> uint8 [rows, row_bytes] in GGML `type_name` blocks, as llama.cpp writes them."""
+    """float [rows, cols] -> uint8 [rows, row_bytes] in GGML `type_name` blocks, as llama.cpp writes them.
+
+    Runs torch.ops.hfq.quantize_ggml: the native CPU kernel when it is built (hfq.kernels.build), else the
+    pure-torch reference below. Both are byte-exact against llama.cpp."""
     t = ggml_type(type_name)
     if t.block == 1:
         raise ValueError(f"{t.name} is not a block type; store it as a plain tensor.")
@@ -218,22 +222,50 @@ def quantize_rows(w: torch.Tensor, type_name: str, importance: torch.Tensor | No
             raise ValueError(f"importance has {importance.numel()} entries; the weight has {cols} columns.")
         if t.name == "Q8_0":
             importance = None
+    w = w.detach().to(F32)
+    if not torch.isfinite(w).all():
+        bad = torch.nonzero(~torch.isfinite(w).all(1))[:3].flatten().tolist()
+        raise ValueError(f"the weight has non-finite values (rows {bad}...); GGML blocks cannot hold them "
+                         "(llama.cpp rejects such files). Fix the checkpoint first.")
+    if w.device.type == "cpu":
+        build.load("cpu_ggml")
+    out = ops.op("quantize_ggml")(w, t.name, importance)
+    _check_scales(out, t.name, w)
+    return out
+
+
+_SCALE_OFFSETS = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "Q2_K": (80, 82),
+                  "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def _check_scales(out: torch.Tensor, name: str, w: torch.Tensor) -> None:
+    """llama.cpp refuses blocks whose float16 scales overflowed; so does hfq, naming the cause."""
+    blocks = out.reshape(-1, ggml_type(name).type_size)
+    for off in _SCALE_OFFSETS[name]:
+        if not torch.isfinite(blocks[:, off:off + 2].contiguous().view(torch.float16)).all():
+            raise ValueError(f"weights up to {w.abs().max().item():.3g} overflow the float16 scales of {name} "
+                             "(max 65504); llama.cpp rejects such blocks. Use Q8_0 for this layer or rescale it.")
+
+
+def _default(fn):
+    if ops._FIRST_TIME:
+        torch.library.impl(f"{ops.NAMESPACE}::quantize_ggml", "default")(fn)
+    return fn
+
+
+@_default
+def quantize_rows_reference(w: torch.Tensor, type_name: str, importance: torch.Tensor | None) -> torch.Tensor:
+    """The pure-torch body of hfq::quantize_ggml (the spec the native kernel must match)."""
+    t = ggml_type(type_name)
+    rows, cols = w.shape
     out = torch.empty(rows, cols // t.block * t.type_size, dtype=torch.uint8, device=w.device)
     step = max(1, _CHUNK_ELEMS // cols)
     for r0 in range(0, rows, step):
-        x = w[r0:r0 + step].detach().to(F32)
+        x = w[r0:r0 + step].to(F32)
         nr = x.shape[0]
         qw = None if importance is None else importance.expand(nr, cols).reshape(-1, t.block)
         row_sigma2 = None
         if importance is not None and t.block == 32:   # legacy impls weight by the whole row's mean square
             row_sigma2 = (seqsum((x * x).T) / cols).repeat_interleave(cols // 32).unsqueeze(1)
-        if not torch.isfinite(x).all():
-            raise ValueError(f"the weight has non-finite values in rows {r0}..{r0 + nr - 1}; GGML blocks cannot hold "
-                             "them (llama.cpp rejects such files). Fix the checkpoint first.")
-        fields = _encode(t.name, x.reshape(-1, t.block), qw, row_sigma2)
-        for k in ("d", "dmin", "m"):
-            if k in fields and not torch.isfinite(fields[k]).all():
-                raise ValueError(f"weights up to {x.abs().max().item():.3g} overflow the float16 scales of {t.name} "
-                                 "(max 65504); llama.cpp rejects such blocks. Use Q8_0 for this layer or rescale it.")
-        out[r0:r0 + nr] = PACK[t.name](fields).view(nr, -1)
+        out[r0:r0 + nr] = PACK[t.name](_encode(t.name, x.reshape(-1, t.block), qw, row_sigma2)).view(nr, -1)
     return out

@@ -8,6 +8,7 @@ Ops (meaning of the tensors in hfq.formats.layouts):
   linear_4bit(x, weight, absmax, code, shape, bias?)                   -> [..., shape[0]]
   dequantize_ggml(weight, qtype, in_features, dtype)                   -> [out, in_features]
   linear_ggml(x, weight, qtype, in_features, bias?)                    -> [..., out]
+  quantize_ggml(w, qtype, importance?)                                 -> uint8 [rows, row_bytes]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ SCHEMAS = {
     "linear_4bit": "(Tensor x, Tensor weight, Tensor absmax, Tensor code, int[] shape, Tensor? bias) -> Tensor",
     "dequantize_ggml": "(Tensor weight, str qtype, int in_features, ScalarType dtype) -> Tensor",
     "linear_ggml": "(Tensor x, Tensor weight, str qtype, int in_features, Tensor? bias) -> Tensor",
+    "quantize_ggml": "(Tensor w, str qtype, Tensor? importance) -> Tensor",
 }
 
 
@@ -37,7 +39,7 @@ def _is_defined(name: str) -> bool:
 
 # A re-executed module (importlib.reload) must not define twice: the first definitions stay.
 _FIRST_TIME = not _is_defined("dequantize_int")
-if not _FIRST_TIME and not _is_defined("linear_ggml"):
+if not _FIRST_TIME and not _is_defined("quantize_ggml"):
     raise ImportError("torch.ops.hfq was defined by an older hfq in this process; restart Python.")
 if _FIRST_TIME:
     _lib = torch.library.Library(NAMESPACE, "FRAGMENT")
@@ -102,6 +104,13 @@ def _(weight, qtype, in_features, dtype):
 def _(x, weight, qtype, in_features, bias):
     torch._check(x.shape[-1] == in_features, lambda: f"x's last dim must be {in_features}, got {x.shape[-1]}")
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@_register_fake("quantize_ggml")
+def _(w, qtype, importance):
+    from ..formats.ggml_types import row_bytes
+
+    return w.new_empty((w.shape[0], row_bytes(qtype, w.shape[1])), dtype=torch.uint8)
 
 
 def op(name: str):

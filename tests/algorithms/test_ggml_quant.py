@@ -8,11 +8,13 @@ import torch
 from ggml_oracle import (llama_quantize, llama_quantize_bin, llama_tensors, run_llama_quantize_bin, write_f32_gguf,
                          write_imatrix)
 
-from hfq.algorithms.ggml_quant import quantize_rows
+from hfq.algorithms.ggml_quant import quantize_rows, quantize_rows_reference
 from hfq.algorithms.ggml_search import nearest_int, roundf
 from hfq.formats.ggml_types import TYPES
 
 LEGACY = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+# "dispatch" runs torch.ops.hfq.quantize_ggml (the native CPU kernel once built); "reference" the pure-torch body.
+IMPLS = {"dispatch": quantize_rows, "reference": lambda w, t, imp=None: quantize_rows_reference(w, t, imp)}
 KQUANTS = {"Q2_K": "Q2_K", "Q3_K_S": "Q3_K", "Q4_K_S": "Q4_K", "Q5_K_S": "Q5_K", "Q6_K": "Q6_K"}
 
 
@@ -39,12 +41,13 @@ def test_nearest_int_and_roundf_follow_c():
     assert roundf(v).tolist() == [1.0, 2.0, 3.0, -1.0, -2.0, 0.0, -3.0, 4194303.0]  # half away from zero
 
 
+@pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("name", LEGACY)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_legacy_types_equal_gguf_quantize(name, seed):
+def test_legacy_types_equal_gguf_quantize(name, seed, impl):
     x = _rows(seed)
     ref = gguf.quants.quantize(x, getattr(gguf.GGMLQuantizationType, name))
-    ours = quantize_rows(torch.from_numpy(x), name).numpy()
+    ours = IMPLS[impl](torch.from_numpy(x), name).numpy()
     assert _bad_blocks(ours, ref, TYPES[name].type_size) == 0
 
 
@@ -60,8 +63,9 @@ def f32_model(tmp_path_factory):
     return write_f32_gguf(d / "f32.gguf", t, 2, 256, 512, 4, 1, 512), t, d
 
 
+@pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("file_type", list(KQUANTS))
-def test_kquants_equal_llama_cpp(f32_model, file_type):
+def test_kquants_equal_llama_cpp(f32_model, file_type, impl):
     src, tensors, d = f32_model
     out = llama_quantize(src, d / f"{file_type}.gguf", file_type, pure=True)
     report = {}
@@ -69,7 +73,7 @@ def test_kquants_equal_llama_cpp(f32_model, file_type):
         if tname == "F32":
             continue
         assert tname == KQUANTS[file_type]
-        ours = quantize_rows(torch.from_numpy(tensors[name]), tname).numpy()
+        ours = IMPLS[impl](torch.from_numpy(tensors[name]), tname).numpy()
         bad = _bad_blocks(ours, data, TYPES[tname].type_size)
         if bad:
             report[name] = f"{bad} of {ours.size // TYPES[tname].type_size} blocks differ"
@@ -115,8 +119,9 @@ def test_bad_input_is_named():
 
 @pytest.mark.skipif(llama_quantize_bin() is None, reason="opt-in: set HFQ_LLAMA_QUANTIZE to a llama-quantize "
                     "binary (build it from the llama-cpp-python sdist; see README)")
+@pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("file_type", list(KQUANTS) + ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
-def test_importance_weighted_bytes_equal_llama_quantize_imatrix(f32_model, file_type):
+def test_importance_weighted_bytes_equal_llama_quantize_imatrix(f32_model, file_type, impl):
     src, tensors, d = f32_model
     rng = np.random.default_rng(2)
     vecs = {k: (rng.random(v.shape[1]) ** 3 * 10).astype(np.float32)
@@ -126,7 +131,7 @@ def test_importance_weighted_bytes_equal_llama_quantize_imatrix(f32_model, file_
     report = {}
     for name, v in vecs.items():
         tname, data = out[name]
-        ours = quantize_rows(torch.from_numpy(tensors[name]), tname, torch.from_numpy(v)).numpy()
+        ours = IMPLS[impl](torch.from_numpy(tensors[name]), tname, torch.from_numpy(v)).numpy()
         bad = _bad_blocks(ours, data, TYPES[tname].type_size)
         if bad:
             report[name] = bad

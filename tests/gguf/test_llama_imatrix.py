@@ -1,0 +1,66 @@
+"""Opt-in: hfq's importance equals llama-imatrix's on the same token windows of Gemma-3-270M.
+
+Needs the llama-imatrix binary (HFQ_LLAMA_IMATRIX, built from the llama-cpp-python sdist; see README) and
+writes a 1 GB F32 GGUF of the embedded model once (under $TMPDIR/hfq-bench).
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from hfq.algorithms.calibration import collect_importance, token_windows
+from hfq.gguf.mixes import gguf_name
+
+BIN = os.environ.get("HFQ_LLAMA_IMATRIX")
+pytestmark = pytest.mark.skipif(not (BIN and Path(BIN).exists()),
+                                reason="opt-in: set HFQ_LLAMA_IMATRIX to a llama-imatrix binary")
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+
+
+def test_importance_matches_llama_imatrix(gemma_dir, tmp_path):
+    import llama_cpp
+    from _gemma_gguf import f32_gguf, texts
+
+    src = f32_gguf(Path(tempfile.gettempdir()) / "hfq-bench" / "gemma-3-270m-f32.gguf")
+    text = texts()[0][:20000]
+    (tmp_path / "calib.txt").write_text(text)
+    ctx, chunks = 256, 3
+    out = tmp_path / "imatrix.gguf"
+    subprocess.run([BIN, "-m", str(src), "-f", str(tmp_path / "calib.txt"), "-o", str(out), "-c", str(ctx),
+                    "--chunks", str(chunks), "-t", "2", "--no-repack", "-b", str(ctx), "-ub", str(ctx)],
+                   check=True, capture_output=True)
+    ref = {t.name: np.array(t.data, dtype=np.float64).reshape(-1) for t in gguf.GGUFReader(str(out)).tensors}
+
+    # the same token stream llama-imatrix uses: llama.cpp's tokenizer with BOS, windows with BOS first
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(src).encode(), params)
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    raw = text.encode()
+    buf = (llama_cpp.llama_token * (len(raw) + 8))()
+    n = llama_cpp.llama_tokenize(vocab, raw, len(raw), buf, len(buf), True, False)
+    ids = torch.tensor(list(buf[:n]))
+    bos = llama_cpp.llama_vocab_bos(vocab)
+    llama_cpp.llama_model_free(model)
+    windows = token_windows(ids, ctx, bos)[:chunks]
+
+    hf = AutoModelForCausalLM.from_pretrained(gemma_dir, dtype=torch.float32)
+    imp = collect_importance(hf, windows)
+    compared = 0
+    for name, vec in imp.items():
+        g = gguf_name(name, tied=True)
+        if g is None or not g.startswith("blk."):
+            continue
+        want = ref[g + ".in_sum2"] / ref[g + ".counts"][0]
+        assert ref[g + ".counts"][0] == ctx * chunks
+        np.testing.assert_allclose(vec.double().numpy(), want, rtol=2e-3, atol=1e-6, err_msg=name)
+        compared += 1
+    assert compared == 18 * 7
