@@ -31,7 +31,8 @@ void pack32(const int* q, u8* qs, u8* qh) {
   if (qh) std::memcpy(qh, &h, 4);
 }
 
-void enc_legacy_sym(const float* x, u8* y, int nmax, const float* qw, float sigma2, bool five) {
+template <int nmax, bool five>
+void enc_legacy_sym(const float* x, u8* y, const float* qw, float sigma2) {
   int q[32];
   float d;
   if (!qw) {
@@ -43,14 +44,15 @@ void enc_legacy_sym(const float* x, u8* y, int nmax, const float* qw, float sigm
     float wt[32];
     int8_t L[32];
     for (int j = 0; j < 32; ++j) wt[j] = qw[j] * std::sqrt(sigma2 + x[j] * x[j]);
-    d = search_qx(32, nmax, x, L, wt);
+    d = search_qx<32, nmax>(x, L, wt);
     for (int j = 0; j < 32; ++j) q[j] = L[j];
   }
   put_h(y, d);
   pack32(q, y + (five ? 6 : 2), five ? y + 2 : nullptr);
 }
 
-void enc_legacy_asym(const float* x, u8* y, int nmax, const float* qw, float sigma2, bool five) {
+template <int nmax, bool five>
+void enc_legacy_asym(const float* x, u8* y, const float* qw, float sigma2) {
   int q[32];
   float d, m;
   if (!qw) {
@@ -67,7 +69,7 @@ void enc_legacy_asym(const float* x, u8* y, int nmax, const float* qw, float sig
     float wt[32], the_min;
     u8 L[32];
     for (int j = 0; j < 32; ++j) wt[j] = qw[j] * std::sqrt(sigma2 + x[j] * x[j]);
-    d = search_qkx(32, nmax, x, wt, L, &the_min, -0.9f, 0.05f, 36, false, true);
+    d = search_qkx<32, nmax>(x, wt, L, &the_min, -0.9f, 0.05f, 36, false, true);
     m = -the_min;
     for (int j = 0; j < 32; ++j) q[j] = L[j];
   }
@@ -100,7 +102,7 @@ void enc_q2_k(const float* x, u8* y, const float* qw) {
     float wt[16], ms = 0, mmx = 0;
     for (int j = 0; j < 16; ++j) {
       for (int l = 0; l < 16; ++l) wt[l] = std::fabs(x[16 * j + l]);
-      scales[j] = search_qkx(16, 3, x + 16 * j, wt, L + 16 * j, &mins[j], -0.5f, 0.1f, 15, true, false);
+      scales[j] = search_qkx<16, 3>(x + 16 * j, wt, L + 16 * j, &mins[j], -0.5f, 0.1f, 15, true, false);
       if (scales[j] > ms) ms = scales[j];
       if (mins[j] > mmx) mmx = mins[j];
     }
@@ -116,7 +118,7 @@ void enc_q2_k(const float* x, u8* y, const float* qw) {
     for (int j = 0; j < 16; ++j) {
       sw[j] = 0;
       for (int l = 0; l < 16; ++l) sw[j] += wt[16 * j + l];
-      scales[j] = search_qkx(16, 3, x + 16 * j, wt + 16 * j, L + 16 * j, &mins[j], -0.9f, 0.05f, 36, false, true);
+      scales[j] = search_qkx<16, 3>(x + 16 * j, wt + 16 * j, L + 16 * j, &mins[j], -0.9f, 0.05f, 36, false, true);
     }
     u8 Ls[16], Lm[16];
     dm = search_qp(16, 15, scales, Ls, sw);
@@ -159,10 +161,10 @@ void enc_q3_k(const float* x, u8* y, const float* qw) {
     for (int j = 0; j < 16; ++j) {
       sw[j] = 0;
       for (int l = 0; l < 16; ++l) sw[j] += wt[16 * j + l];
-      scales[j] = search_qx(16, 4, x + 16 * j, L + 16 * j, wt + 16 * j);
+      scales[j] = search_qx<16, 4>(x + 16 * j, L + 16 * j, wt + 16 * j);
     }
     int8_t Ls[16];
-    dblock = search_qx(16, 32, scales, Ls, sw);
+    dblock = search_qx<16, 32>(scales, Ls, sw);
     for (int j = 0; j < 16; ++j) ls[j] = Ls[j];
   }
   u8* s = y + 96;
@@ -198,8 +200,8 @@ void enc_q45_k(const float* x, u8* y, const float* qw, int nmax) {
       const float av = std::sqrt(seq_sq(32, x + 32 * j) / 32);
       for (int l = 0; l < 32; ++l) wt[l] = av + std::fabs(x[32 * j + l]);
       scales[j] = nmax == 15
-          ? search_qkx(32, 15, x + 32 * j, wt, L + 32 * j, &mins[j], -1.f, 0.1f, 20, false, false)
-          : search_qkx(32, 31, x + 32 * j, wt, L + 32 * j, &mins[j], -0.5f, 0.1f, 15, false, false);
+          ? search_qkx<32, 15>(x + 32 * j, wt, L + 32 * j, &mins[j], -1.f, 0.1f, 20, false, false)
+          : search_qkx<32, 31>(x + 32 * j, wt, L + 32 * j, &mins[j], -0.5f, 0.1f, 15, false, false);
       if (scales[j] > ms) ms = scales[j];
       if (mins[j] > mmx) mmx = mins[j];
     }
@@ -217,7 +219,9 @@ void enc_q45_k(const float* x, u8* y, const float* qw, int nmax) {
     for (int j = 0; j < 8; ++j) {
       sw[j] = 0;
       for (int l = 0; l < 32; ++l) sw[j] += wt[32 * j + l];
-      scales[j] = search_qkx(32, nmax, x + 32 * j, wt + 32 * j, L + 32 * j, &mins[j], -0.9f, 0.05f, 36, false, true);
+      scales[j] = nmax == 15
+          ? search_qkx<32, 15>(x + 32 * j, wt + 32 * j, L + 32 * j, &mins[j], -0.9f, 0.05f, 36, false, true)
+          : search_qkx<32, 31>(x + 32 * j, wt + 32 * j, L + 32 * j, &mins[j], -0.9f, 0.05f, 36, false, true);
     }
     put_h(y, search_qp(8, 63, scales, ls, sw));
     put_h(y + 2, search_qp(8, 63, mins, lm, sw));
@@ -248,7 +252,7 @@ void enc_q45_k(const float* x, u8* y, const float* qw, int nmax) {
 void enc_q6_k(const float* x, u8* y, const float* qw) {
   int8_t L[256];
   float scales[16];
-  for (int j = 0; j < 16; ++j) scales[j] = search_qx(16, 32, x + 16 * j, L + 16 * j, qw ? qw + 16 * j : nullptr);
+  for (int j = 0; j < 16; ++j) scales[j] = search_qx<16, 32>(x + 16 * j, L + 16 * j, qw ? qw + 16 * j : nullptr);
   float amax;
   const float mx = first_absmax(16, scales, &amax);
   if (amax < kEps) { std::memset(y, 0, 210); return; }
@@ -280,10 +284,10 @@ void encode_row(const BlockType& bt, const float* x, int64_t n, const float* qw,
     const float* wb = qw ? qw + b * bt.block : nullptr;
     u8* yb = y + b * bt.size;
     switch (bt.id) {
-      case 2: enc_legacy_sym(xb, yb, 8, wb, row_sigma2, false); break;
-      case 6: enc_legacy_sym(xb, yb, 16, wb, row_sigma2, true); break;
-      case 3: enc_legacy_asym(xb, yb, 15, wb, row_sigma2, false); break;
-      case 7: enc_legacy_asym(xb, yb, 31, wb, row_sigma2, true); break;
+      case 2: enc_legacy_sym<8, false>(xb, yb, wb, row_sigma2); break;
+      case 6: enc_legacy_sym<16, true>(xb, yb, wb, row_sigma2); break;
+      case 3: enc_legacy_asym<15, false>(xb, yb, wb, row_sigma2); break;
+      case 7: enc_legacy_asym<31, true>(xb, yb, wb, row_sigma2); break;
       case 8: enc_q8_0(xb, yb); break;
       case 10: enc_q2_k(xb, yb, wb); break;
       case 11: enc_q3_k(xb, yb, wb); break;

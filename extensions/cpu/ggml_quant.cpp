@@ -41,19 +41,21 @@ inline float first_absmax(int n, const float* x, float* amax_out) {
   return mx;
 }
 
-// Symmetric levels [-nmax, nmax-1] with weighted RMSE search; L gets level + nmax.
-float search_qx(int n, int nmax, const float* x, int8_t* L, const float* qw) {
+// Symmetric levels [-nmax, nmax-1] with weighted RMSE search; L gets level + nmax. Templated so each
+// (n, nmax) gets its own unrolled copy, as ggml's static calls with constant arguments do.
+template <int n, int nmax>
+float search_qx(const float* x, int8_t* L, const float* qw) {
   float amax;
   float mx = first_absmax(n, x, &amax);
   if (amax < kEps) { std::memset(L, 0, n); return 0.f; }
-  auto weight = [&](int i) { return qw ? qw[i] : x[i] * x[i]; };
+  float wx[32], wt[32];   // the weights and w*x do not change between trials; ggml recomputes the same values
+  for (int i = 0; i < n; ++i) { wt[i] = qw ? qw[i] : x[i] * x[i]; wx[i] = wt[i] * x[i]; }
   auto trial = [&](float iscale, float& sumlx, float& suml2) {
     sumlx = 0; suml2 = 0;
     for (int i = 0; i < n; ++i) {
       int l = clampv(nint(iscale * x[i]), -nmax, nmax - 1);
-      float w = weight(i);
-      sumlx += w * x[i] * l;
-      suml2 += w * l * l;
+      sumlx += wx[i] * l;
+      suml2 += wt[i] * l * l;
     }
   };
   auto fill = [&](float iscale) {
@@ -114,7 +116,8 @@ float search_q3(int n, int nmax, const float* x, int8_t* L) {
 }
 
 // Scale and min search (make_qkx2_quants; qkx3 variant when qkx3). Returns scale; *the_min >= 0.
-float search_qkx(int n, int nmax, const float* x, const float* w, u8* L, float* the_min, float rmin,
+template <int n, int nmax>
+float search_qkx(const float* x, const float* w, u8* L, float* the_min, float rmin,
                  float rdelta, int nstep, bool use_mad, bool qkx3) {
   u8 Laux[32];
   float mn = x[0], mx = x[0], sum_w = w[0], sum_x = sum_w * x[0];

