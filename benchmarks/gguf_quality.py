@@ -42,13 +42,19 @@ def evaluate(model, windows, ref_logp=None):
     return math.exp(nll / n), kl / n, agree / n, logps
 
 
-def main() -> None:
+def arguments(extra=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--types", nargs="+", default=["Q4_0", "Q3_K_M", "Q2_K"])
     ap.add_argument("--calib-windows", type=int, default=16)
     ap.add_argument("--eval-tokens", type=int, default=2048)
     ap.add_argument("--ctx", type=int, default=512)
-    args = ap.parse_args()
+    if extra:
+        extra(ap)
+    return ap.parse_args()
+
+
+def baseline(args):
+    """(model folder, held-out windows, calibration windows, float ppl, float reference, importance dict)."""
     path = local_model("gemma-3-270m")
     tok = AutoTokenizer.from_pretrained(path)
     calib, held = texts()
@@ -57,9 +63,13 @@ def main() -> None:
     cw = token_windows(enc(calib), args.ctx, tok.bos_token_id)[:args.calib_windows]
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ppl, _, _, ref = evaluate(base, ev)
-    imp_file = Path(tempfile.mkdtemp()) / "importance.safetensors"
-    save_importance(collect_importance(base, cw), imp_file)
-    del base
+    return path, ev, cw, ppl, ref, collect_importance(base, cw)
+
+
+def main() -> None:
+    args = arguments()
+    path, ev, cw, ppl, ref, imp = baseline(args)
+    imp_file = save_importance(imp, Path(tempfile.mkdtemp()) / "importance.safetensors")
     print(f"held-out {sum(w.numel() for w in ev)} tokens, calibration {sum(w.numel() for w in cw)} tokens")
     print(f"{'variant':22} {'bpw':>6} {'ppl':>8} {'KL':>7} {'top-1':>6}")
     print(f"{'float32 (baseline)':22} {32:6.2f} {ppl:8.2f} {0:7.3f} {1:6.3f}")

@@ -13,24 +13,21 @@ llama-quantize, so both sides quantize with identical vectors.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import tempfile
 from pathlib import Path
 
-import gguf
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 import hfq
-from _gemma_gguf import f32_gguf, llama_quantize, texts
-from gguf_quality import evaluate
-from hfq.algorithms.calibration import collect_importance, save_importance, token_windows
+from _gemma_gguf import f32_gguf, llama_quantize
+from gguf_quality import arguments, baseline, evaluate
+from hfq.algorithms.calibration import save_importance
 from hfq.gguf.mixes import gguf_name
-from hfq.models import local_model
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from ggml_oracle import read_gguf, run_llama_quantize_bin, write_imatrix  # noqa: E402
@@ -69,26 +66,12 @@ def llama_cpp_scores(path: Path, windows, ref):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--types", nargs="+", default=["Q4_0", "Q3_K_M", "Q2_K"])
-    ap.add_argument("--llama-quantize", help="llama-quantize binary, for the importance-weighted llama.cpp files")
-    ap.add_argument("--calib-windows", type=int, default=16)
-    ap.add_argument("--eval-tokens", type=int, default=2048)
-    ap.add_argument("--ctx", type=int, default=512)
-    args = ap.parse_args()
+    args = arguments(lambda ap: ap.add_argument(
+        "--llama-quantize", help="llama-quantize binary, for the importance-weighted llama.cpp files"))
     work = Path(tempfile.gettempdir()) / "hfq-bench"
     work.mkdir(exist_ok=True)
     src = f32_gguf(work / "gemma-3-270m-f32.gguf")
-    path = local_model("gemma-3-270m")
-    tok = AutoTokenizer.from_pretrained(path)
-    calib, held = texts()
-    enc = lambda t: tok(t, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    ev = token_windows(enc(held)[:, :args.eval_tokens], args.ctx, tok.bos_token_id)
-    cw = token_windows(enc(calib), args.ctx, tok.bos_token_id)[:args.calib_windows]
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    _, _, _, ref = evaluate(base, ev)
-    imp = collect_importance(base, cw)
-    del base
+    path, ev, cw, _, ref, imp = baseline(args)
     imp_file = save_importance(imp, work / "importance.safetensors")
     imatrix = write_imatrix(work / "imatrix.gguf", {gguf_name(k, True): v.numpy() for k, v in imp.items()
                                                     if (gguf_name(k, True) or "").startswith("blk.")})

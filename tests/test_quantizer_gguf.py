@@ -3,7 +3,6 @@
 import json
 
 import gguf
-import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM

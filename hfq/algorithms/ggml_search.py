@@ -86,6 +86,32 @@ def make_qx_quants(x: torch.Tensor, nmax: int, qw: torch.Tensor | None = None):
     return torch.where(zero, torch.zeros_like(scale), scale), L
 
 
+def _descend(x, w, wx, L, sumlx, suml2, lo, hi, q3: bool):
+    """ggml's coordinate descent: move one level at a time while the weighted fit improves (up to 5 passes).
+
+    q3 (make_q3_quants) requires the new sum of w*l^2 to stay positive; make_qp_quants instead requires the
+    old one to be positive before trying."""
+    for _ in range(5):
+        changed_any = False
+        for i in range(x.shape[0]):
+            li = L[i].to(F32)
+            slx = sumlx - wx[i] * li
+            sl2 = suml2 - (w[i] * li) * li
+            new = nearest_int((x[i] * sl2) / slx).clamp(lo, hi)
+            nf = new.to(F32)
+            slx2 = slx + wx[i] * nf
+            sl22 = sl2 + (w[i] * nf) * nf
+            ok = (sl22 > 0) if q3 else (sl2 > 0)
+            take = (slx > 0) & ok & (new != L[i]) & ((slx2 * slx2) * suml2 > (sumlx * sumlx) * sl22)
+            L[i] = torch.where(take, new, L[i])
+            sumlx = torch.where(take, slx2, sumlx)
+            suml2 = torch.where(take, sl22, suml2)
+            changed_any = changed_any or bool(take.any())
+        if not changed_any:   # a pass without changes would repeat itself exactly
+            break
+    return L, sumlx, suml2
+
+
 def make_q3_quants(x: torch.Tensor, nmax: int):
     """Q3_K's search: symmetric start, then coordinate descent on each level. Returns (scale, L+nmax)."""
     mx = first_absmax(x)
@@ -95,24 +121,7 @@ def make_q3_quants(x: torch.Tensor, nmax: int):
     wx = w * x
     lf = L.to(F32)
     s = seqsum(torch.stack([wx * lf, (w * lf) * lf], 1))
-    sumlx, suml2 = s[0], s[1]
-    for _ in range(5):
-        changed_any = False
-        for i in range(x.shape[0]):
-            li = L[i].to(F32)
-            slx = sumlx - wx[i] * li
-            sl2 = suml2 - (w[i] * li) * li
-            new = nearest_int((x[i] * sl2) / slx).clamp(-nmax, nmax - 1)
-            nf = new.to(F32)
-            slx2 = slx + wx[i] * nf
-            sl22 = sl2 + (w[i] * nf) * nf
-            take = (slx > 0) & (new != L[i]) & (sl22 > 0) & ((slx2 * slx2) * suml2 > (sumlx * sumlx) * sl22)
-            L[i] = torch.where(take, new, L[i])
-            sumlx = torch.where(take, slx2, sumlx)
-            suml2 = torch.where(take, sl22, suml2)
-            changed_any = changed_any or bool(take.any())
-        if not changed_any:   # a pass without changes would repeat itself exactly
-            break
+    L, sumlx, suml2 = _descend(x, w, wx, L, s[0], s[1], -nmax, nmax - 1, q3=True)
     scale = torch.where(suml2 > 0, sumlx / suml2, torch.zeros_like(sumlx))
     L = torch.where(zero, torch.full_like(L, -nmax), L) + nmax
     return torch.where(zero, torch.zeros_like(scale), scale), L
@@ -197,22 +206,6 @@ def make_qp_quants(x: torch.Tensor, nmax: int, qw: torch.Tensor):
     s = seqsum(torch.stack([wx * lf, (qw * lf) * lf], 1))
     sumlx, suml2 = s[0], s[1]
     L = L & 0xFF   # stored as uint8 in ggml; the sums above used the int
-    for _ in range(5):
-        changed_any = False
-        for i in range(x.shape[0]):
-            li = L[i].to(F32)
-            slx = sumlx - wx[i] * li
-            sl2 = suml2 - (qw[i] * li) * li
-            new = nearest_int((x[i] * sl2) / slx).clamp(max=nmax)
-            nf = new.to(F32)
-            slx2 = slx + wx[i] * nf
-            sl22 = sl2 + (qw[i] * nf) * nf
-            take = (slx > 0) & (sl2 > 0) & (new != L[i]) & ((slx2 * slx2) * suml2 > (sumlx * sumlx) * sl22)
-            L[i] = torch.where(take, new, L[i])
-            sumlx = torch.where(take, slx2, sumlx)
-            suml2 = torch.where(take, sl22, suml2)
-            changed_any = changed_any or bool(take.any())
-        if not changed_any:
-            break
+    L, sumlx, suml2 = _descend(x, qw, wx, L, sumlx, suml2, None, nmax, q3=False)
     scale = torch.where(suml2 > 0, sumlx / suml2, torch.zeros_like(sumlx))
     return torch.where(zero, torch.zeros_like(scale), scale), torch.where(zero, torch.zeros_like(L), L)

@@ -59,7 +59,8 @@ def test_missing_compiler_falls_back_with_a_reason(tmp_path):
     code = ("import torch, hfq, logging; logging.basicConfig(); from hfq.algorithms.ggml_quant import quantize_rows;"
             "from hfq.kernels import build; q = quantize_rows(torch.ones(2, 256), 'Q4_K');"
             "print('STATUS', build.status()['cpu_ggml'])")
-    env = dict(os.environ, CXX="/nonexistent/c++", HFQ_CACHE=str(tmp_path), PATH="/usr/bin/nonexistent")
+    env = dict(os.environ, CXX="/nonexistent/c++", HFQ_CACHE=str(tmp_path), PATH="/usr/bin/nonexistent",
+               HFQ_NO_EXTENSIONS="")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "native kernel cpu_ggml unavailable, using the pure-torch reference" in r.stderr
