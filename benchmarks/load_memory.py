@@ -33,6 +33,7 @@ if variant.startswith("hfq-"):
     kw["quantization_config"] = {
         "hfq-nf4-dq": hfq.HfqConfig(method="nf4", double_quant=True),
         "hfq-rtn-int4-g128": hfq.HfqConfig(method="rtn", bits=4, group_size=128),
+        "hfq-gguf-q4_k_m": hfq.HfqConfig(method="gguf", quant_type="Q4_K_M"),
     }[variant]
 elif variant == "bnb-nf4-dq":
     from transformers import BitsAndBytesConfig
@@ -66,7 +67,7 @@ def main() -> None:
     from hfq.models import resolve
 
     path = resolve(args.model)
-    variants = ["float", "hfq-nf4-dq", "hfq-rtn-int4-g128"]
+    variants = ["float", "hfq-nf4-dq", "hfq-rtn-int4-g128", "hfq-gguf-q4_k_m"]
     try:
         import bitsandbytes  # noqa: F401
 

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 import threading
 from pathlib import Path
 
@@ -84,12 +85,23 @@ def _build(name: str):
     srcs, ops_map, device = EXTENSIONS[name]
     key = build_key(name)
     build_dir = cache_root() / f"{name}-{key}"
-    build_dir.mkdir(parents=True, exist_ok=True)
+    src_dir = build_dir / "src"
     root = resource_dir("extensions")
-    cpp = [str(root / s) for s in srcs if s.endswith((".cpp", ".cu"))]
+    if not src_dir.is_dir():
+        # Build from a copy inside the cache: ninja tracks source paths, so compiling the checkout's files
+        # directly would rebuild for every checkout or install location with the same sources.
+        tmp = build_dir / f".src-{os.getpid()}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        for s in srcs:
+            shutil.copyfile(root / s, tmp / Path(s).name)
+        try:
+            os.replace(tmp, src_dir)
+        except OSError:   # another process finished first; its copy is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    cpp = [str(src_dir / Path(s).name) for s in srcs if s.endswith((".cpp", ".cu"))]
     logger.info("hfq: loading native kernel %s (cache %s; the first build takes about a minute)", name, build_dir)
     mod = cpp_load(name=f"hfq_{name}_{key}", sources=cpp, extra_cflags=CPU_FLAGS, extra_ldflags=["-fopenmp"],
-                   extra_include_paths=[str(root / "cpu")], build_directory=str(build_dir), verbose=False)
+                   extra_include_paths=[str(src_dir)], build_directory=str(build_dir), verbose=False)
     for op_name, fn in ops_map.items():
         torch.library.register_kernel(f"hfq::{op_name}", device)(getattr(mod, fn))
     return mod
