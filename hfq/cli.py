@@ -60,6 +60,15 @@ def _build_parser() -> argparse.ArgumentParser:
     m.add_argument("--chunks", type=int, help="use at most this many windows")
     m.add_argument("--out", required=True, help="output .safetensors (written atomically)")
 
+    e = sub.add_parser("eval", help="perplexity, KL and top-1 against a base model, size and speed")
+    e.add_argument("model", help="hfq/transformers folder, embedded model name, or a .gguf file")
+    e.add_argument("--base", help="base model (folder or embedded name) for KL and top-1")
+    e.add_argument("--text", help="UTF-8 text file (default: held-out English shipped with Python, see README)")
+    e.add_argument("--ctx", type=int, default=512, help="context per chunk (default 512)")
+    e.add_argument("--chunks", type=int, default=4, help="number of chunks (default 4; 0 = the whole text)")
+    e.add_argument("--threads", type=int, help="threads for GGUF files in llama.cpp")
+    e.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
     sub.add_parser("doctor", help="report the environment hfq runs in and which kernels each op uses")
     return p
 
@@ -138,6 +147,62 @@ def _cmd_importance(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    import resource
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .evaluation import chunks, decode_speed, default_text, evaluate
+    from .models import resolve
+
+    is_gguf = args.model.endswith(".gguf")
+    if args.base is None and is_gguf:
+        raise ValueError("a .gguf file needs --base (the folder or embedded name whose tokenizer and logits to use).")
+    tok_src = resolve(args.base) if args.base else resolve(args.model)
+    tok = AutoTokenizer.from_pretrained(tok_src)
+    text, source = (Path(args.text).read_text(encoding="utf-8"), args.text) if args.text else default_text()
+    windows = chunks(tok, text, args.ctx, args.chunks or None)
+    model = args.model if is_gguf else AutoModelForCausalLM.from_pretrained(resolve(args.model), dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tok_src, dtype=torch.float32) if args.base else None
+    result = {"model": args.model, "base": args.base, "text": source, **evaluate(model, windows, base, args.threads)}
+    result["size"] = _size(args.model, is_gguf)
+    if not is_gguf:
+        result["decode_tokens_per_s"] = decode_speed(model, tok)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.json:
+        tmp = Path(args.json).with_name(Path(args.json).name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, args.json)
+    print(f"{args.model}: ppl {result['ppl']:.3f} over {result['scored_tokens']} tokens "
+          f"({result['chunks']} chunks of {result['n_ctx']})")
+    if base is not None:
+        print(f"  vs {args.base}: KL {result['kl']:.4f}, top-1 agreement {result['top1']:.3f}")
+    size = result["size"]
+    print(f"  size {size['bytes'] / 1e6:.1f} MB" + (f", {size['bpw']:.3f} bpw" if size.get("bpw") else ""))
+    speed = f"  prefill {result['prefill_tokens_per_s']:.0f} tokens/s"
+    if "decode_tokens_per_s" in result:
+        speed += f", decode {result['decode_tokens_per_s']:.1f} tokens/s"
+    print(speed + f"; peak RSS {result['peak_rss_mb']:.0f} MB")
+    return 0
+
+
+def _size(model: str, is_gguf: bool) -> dict:
+    from .checkpoint import describe
+    from .models import resolve
+
+    if is_gguf:
+        import gguf
+
+        r = gguf.GGUFReader(model)
+        n = sum(int(t.n_elements) for t in r.tensors)
+        nbytes = sum(int(t.n_bytes) for t in r.tensors)
+        return {"bytes": Path(model).stat().st_size, "bpw": 8 * nbytes / n, "parameters": n}
+    info = describe(resolve(model))
+    return {"bytes": info["bytes_on_disk"], "bpw": info["model_bpw"], "quantized_bpw": info["quantized_bpw"],
+            "parameters": info["parameters"], "types": info["types"]}
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Move tmp to out; an existing out is kept until the new one is in place."""
     old = None
@@ -205,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     handler = {"quantize": _cmd_quantize, "info": _cmd_info, "doctor": _cmd_doctor,
-               "importance": _cmd_importance}[args.command]
+               "importance": _cmd_importance, "eval": _cmd_eval}[args.command]
     try:
         return handler(args)
     except (ValueError, OSError, RuntimeError) as e:

@@ -49,3 +49,24 @@ def test_calibration_flag_and_errors(model_with_tokenizer, tmp_path, capsys):
     assert "apply to --method gguf only" in capsys.readouterr().err
     assert main(["quantize", str(model_with_tokenizer), "--method", "gguf", "--out", str(tmp_path / "q3")]) == 1
     assert "needs quant_type" in capsys.readouterr().err
+
+
+def test_eval_reports_quality_size_and_speed(model_with_tokenizer, tmp_path, capsys):
+    text = tmp_path / "eval.txt"
+    text.write_text(" ".join("a b c d e f x y z 1 2 3 4 5 6 7 8 9".split()[i % 18] for i in range(3000)))
+    out = tmp_path / "q"
+    assert main(["quantize", str(model_with_tokenizer), "--method", "gguf", "--quant-type", "Q2_K",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--base", str(model_with_tokenizer), "--text", str(text), "--ctx", "64",
+                 "--chunks", "3", "--json", str(tmp_path / "r.json")]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["chunks"] == 3 and r["scored_tokens"] == 3 * 31
+    assert 0 < r["kl"] and 0 < r["top1"] < 1 and r["ppl"] > 1
+    assert f"KL {r['kl']:.4f}, top-1 agreement {r['top1']:.3f}" in printed
+    assert r["size"]["types"]["Q3_K"]["layers"] > 0 and r["decode_tokens_per_s"] > 0
+    assert main(["eval", str(out), "--base", str(model_with_tokenizer), "--text", str(text), "--ctx", "64",
+                 "--chunks", "2"]) == 0
+    assert main(["eval", str(tmp_path / "m.gguf")]) == 1
+    assert "needs --base" in capsys.readouterr().err

@@ -1,0 +1,61 @@
+"""hfq.evaluation: llama-perplexity's scoring, KL and top-1, for transformers models and GGUF files."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hfq.evaluation import chunks, default_text, evaluate
+from hfq.models import gguf_path
+
+
+def test_self_comparison_is_exact(llama256_dir):
+    model = AutoModelForCausalLM.from_pretrained(llama256_dir)
+    g = torch.Generator().manual_seed(0)
+    windows = [torch.randint(2, 512, (1, 64), generator=g) for _ in range(3)]
+    r = evaluate(model, windows, base=model, progress=False)
+    assert r["kl"] == 0.0 and r["top1"] == 1.0
+    assert r["scored_tokens"] == 3 * 31 and r["chunks"] == 3
+    # perplexity from its definition, written independently: cross-entropy of the second half of each chunk
+    with torch.no_grad():
+        losses = [F.cross_entropy(model(input_ids=w).logits[0, 32:63], w[0, 33:64], reduction="sum") for w in windows]
+    assert r["ppl"] == pytest.approx(math.exp(sum(losses).item() / 93), rel=1e-5)
+
+
+def test_chunks_follow_llama_perplexity(gemma_dir):
+    tok = AutoTokenizer.from_pretrained(gemma_dir)
+    text, source = default_text()
+    assert "Python Software Foundation" in source and len(text) > 100_000
+    w = chunks(tok, text, n_ctx=128, max_chunks=3)
+    ids = tok(text, return_tensors="pt")["input_ids"][0]
+    assert len(w) == 3 and all(x.shape == (1, 128) for x in w)
+    assert all(x[0, 0].item() == tok.bos_token_id for x in w)
+    assert torch.equal(w[1][0, 1:], ids[129:256])
+    with pytest.raises(ValueError, match="n_ctx=7 must be an even number"):
+        chunks(tok, text, n_ctx=7)
+    with pytest.raises(ValueError, match="fewer than one window"):
+        chunks(tok, "too short", n_ctx=512)
+
+
+def test_gguf_file_through_llama_cpp_against_transformers(gemma_dir):
+    """The shipped Q4_K_M file in llama.cpp against transformers on the same weights (the float folder was
+    dequantized from that file). The engines differ only by llama.cpp's 8-bit activations; the issue measured
+    KL 0.0144 and top-1 94.5% for this pair on 2,048 tokens."""
+    tok = AutoTokenizer.from_pretrained(gemma_dir)
+    windows = chunks(tok, default_text()[0], n_ctx=512, max_chunks=2)
+    hf = AutoModelForCausalLM.from_pretrained(gemma_dir, dtype=torch.float32)
+    ref = evaluate(hf, windows, progress=False)
+    r = evaluate(str(gguf_path()), windows, base=hf, threads=2, progress=False)
+    print(f"llama.cpp Q4_K_M file vs transformers: ppl {r['ppl']:.3f} vs {ref['ppl']:.3f}, KL {r['kl']:.4f}, "
+          f"top-1 {r['top1']:.3f}")
+    assert r["kl"] < 0.025 and r["top1"] > 0.9
+    assert r["ppl"] == pytest.approx(ref["ppl"], rel=0.03)
+
+
+def test_bad_inputs_are_named(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        evaluate(str(tmp_path / "x.gguf"), [torch.zeros(1, 8, dtype=torch.long)])
+    with pytest.raises(ValueError, match="no evaluation windows"):
+        evaluate("x.gguf", [])

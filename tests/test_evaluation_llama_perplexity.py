@@ -1,0 +1,66 @@
+"""Opt-in: hfq.evaluate on GGUF files equals llama.cpp's llama-perplexity (--kl-divergence) within 1%.
+
+Needs HFQ_LLAMA_PERPLEXITY (a llama-perplexity binary built from the llama-cpp-python sdist; README) and writes
+the 1 GB F32 GGUF of Gemma-3-270M once. llama-perplexity runs with -fa off: llama-cpp-python's default, and
+flash attention alone moves the quantized file's numbers by about 1%.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from hfq.algorithms.calibration import token_windows
+from hfq.evaluation import default_text, evaluate
+from hfq.models import gguf_path
+
+BIN = os.environ.get("HFQ_LLAMA_PERPLEXITY")
+pytestmark = pytest.mark.skipif(not (BIN and Path(BIN).exists()),
+                                reason="opt-in: set HFQ_LLAMA_PERPLEXITY to a llama-perplexity binary")
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+
+
+def _llama_tokens(model_path: Path, text: str):
+    import llama_cpp
+
+    p = llama_cpp.llama_model_default_params()
+    p.vocab_only = True
+    m = llama_cpp.llama_model_load_from_file(str(model_path).encode(), p)
+    v = llama_cpp.llama_model_get_vocab(m)
+    raw = text.encode()
+    buf = (llama_cpp.llama_token * (len(raw) + 8))()
+    n = llama_cpp.llama_tokenize(v, raw, len(raw), buf, len(buf), True, False)
+    bos = llama_cpp.llama_vocab_bos(v)
+    llama_cpp.llama_model_free(m)
+    return torch.tensor(list(buf[:n])), bos
+
+
+def test_evaluate_equals_llama_perplexity(tmp_path):
+    from _gemma_gguf import f32_gguf
+
+    base = f32_gguf(Path(tempfile.gettempdir()) / "hfq-bench" / "gemma-3-270m-f32.gguf")
+    quant = gguf_path()
+    text = default_text()[0][:40000]
+    (tmp_path / "eval.txt").write_text(text)
+    common = ["-f", str(tmp_path / "eval.txt"), "-c", "512", "-b", "512", "--chunks", "2", "-t", "2",
+              "--no-repack", "-fa", "off", "--kl-divergence-base", str(tmp_path / "base.kld")]
+    subprocess.run([BIN, "-m", str(base)] + common, check=True, capture_output=True)
+    out = subprocess.run([BIN, "-m", str(quant)] + common + ["--kl-divergence"], check=True, capture_output=True,
+                         text=True)
+    log = out.stdout + out.stderr
+    ppl = float(re.search(r"Mean PPL\(Q\)\s*:\s*([\d.]+)", log).group(1))
+    kld = float(re.search(r"Mean\s+KLD:\s*([\d.]+)", log).group(1))
+    same = float(re.search(r"Same top p:\s*([\d.]+)", log).group(1)) / 100
+
+    ids, bos = _llama_tokens(base, text)
+    r = evaluate(str(quant), token_windows(ids, 512, bos)[:2], base=str(base), threads=2, progress=False)
+    print(f"hfq: ppl {r['ppl']:.4f} KL {r['kl']:.6f} top-1 {r['top1']:.4f}; "
+          f"llama-perplexity: ppl {ppl:.4f} KL {kld:.6f} top-1 {same:.4f}")
+    assert r["ppl"] == pytest.approx(ppl, rel=0.01)
+    assert r["kl"] == pytest.approx(kld, rel=0.01)
+    assert r["top1"] == pytest.approx(same, rel=0.01)
