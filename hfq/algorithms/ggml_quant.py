@@ -163,7 +163,7 @@ def _legacy_asym(x, qw, nmax, row_sigma2):
         d = (mx - mn) / float(nmax)
         inv = torch.where(d != 0, rdiv(1.0, d), 0.0).unsqueeze(1)
         q = torch.trunc((x - mn.unsqueeze(1)) * inv + 0.5).to(torch.int32)
-        if nmax == 15:   # Q5_1's reference has no clamp; bit 5 is dropped by the packing
+        if nmax == 15:   # Q4_1 clamps to 15; Q5_1's reference does not, and the packing drops bit 5
             q = q.clamp(max=15)
         return {"d": _half(d), "m": _half(mn), "q": q & 0x1F}
     w = qw * sqrtf(row_sigma2 + x * x)
@@ -247,13 +247,7 @@ def _check_scales(out: torch.Tensor, name: str, w: torch.Tensor) -> None:
                              "(max 65504); llama.cpp rejects such blocks. Use Q8_0 for this layer or rescale it.")
 
 
-def _default(fn):
-    if ops._FIRST_TIME:
-        torch.library.impl(f"{ops.NAMESPACE}::quantize_ggml", "default")(fn)
-    return fn
-
-
-@_default
+@ops.register_default("quantize_ggml")
 def quantize_rows_reference(w: torch.Tensor, type_name: str, importance: torch.Tensor | None) -> torch.Tensor:
     """The pure-torch body of hfq::quantize_ggml (the spec the native kernel must match)."""
     t = ggml_type(type_name)

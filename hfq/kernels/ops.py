@@ -56,6 +56,16 @@ def _register_fake(name):
     return deco
 
 
+def register_default(name):
+    """Register fn as the pure-torch `default` body of hfq::<name> (once per process)."""
+    def deco(fn):
+        if _FIRST_TIME:
+            torch.library.impl(f"{NAMESPACE}::{name}", "default")(fn)
+        return fn
+
+    return deco
+
+
 def _int_in_features(weight: torch.Tensor, bits: int) -> int:
     return weight.shape[1] * weight.shape[2] * 8 // bits
 

@@ -15,16 +15,7 @@ from ..formats.ggml_types import row_bytes
 from . import ops
 
 
-def _default(name):
-    def deco(fn):
-        if ops._FIRST_TIME:
-            torch.library.impl(f"{ops.NAMESPACE}::{name}", "default")(fn)
-        return fn
-
-    return deco
-
-
-@_default("dequantize_int")
+@ops.register_default("dequantize_int")
 def dequantize_int(weight, scales, zeros, bits, dtype):
     out, groups, nbytes = weight.shape
     q = unpack_bits(weight, bits).to(torch.float32)  # [out, G, g]
@@ -33,7 +24,7 @@ def dequantize_int(weight, scales, zeros, bits, dtype):
     return w.reshape(out, groups * q.shape[-1]).to(dtype)
 
 
-@_default("dequantize_4bit")
+@ops.register_default("dequantize_4bit")
 def dequantize_4bit(weight, absmax, code, shape, dtype):
     q = unpack_nibbles_hi_first(weight)  # [nb, B]
     vals = code.to(weight.device)[q.long()] * absmax.unsqueeze(-1)
@@ -43,7 +34,7 @@ def dequantize_4bit(weight, absmax, code, shape, dtype):
     return vals.reshape(-1)[:n].reshape(shape).to(dtype)
 
 
-@_default("dequantize_8bit_blockwise")
+@ops.register_default("dequantize_8bit_blockwise")
 def dequantize_8bit_blockwise(codes, absmax, code, blocksize):
     n = codes.numel()
     vals = code.to(codes.device)[codes.reshape(-1).long()]
@@ -53,19 +44,19 @@ def dequantize_8bit_blockwise(codes, absmax, code, blocksize):
     return (vals.reshape(-1, blocksize) * absmax.unsqueeze(-1)).reshape(-1)[:n].reshape(codes.shape)
 
 
-@_default("linear_int")
+@ops.register_default("linear_int")
 def linear_int(x, weight, scales, zeros, bits, bias):
     w = ops.op("dequantize_int")(weight, scales, zeros, bits, x.dtype)
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
 
-@_default("linear_4bit")
+@ops.register_default("linear_4bit")
 def linear_4bit(x, weight, absmax, code, shape, bias):
     w = ops.op("dequantize_4bit")(weight, absmax, code, shape, x.dtype)
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
 
-@_default("dequantize_ggml")
+@ops.register_default("dequantize_ggml")
 def dequantize_ggml(weight, qtype, in_features, dtype):
     if weight.shape[-1] != row_bytes(qtype, in_features):
         raise ValueError(f"{qtype} rows of {in_features} values take {row_bytes(qtype, in_features)} bytes; "
@@ -73,7 +64,7 @@ def dequantize_ggml(weight, qtype, in_features, dtype):
     return dequantize_rows(weight, qtype, weight.shape[0], in_features).to(dtype)
 
 
-@_default("linear_ggml")
+@ops.register_default("linear_ggml")
 def linear_ggml(x, weight, qtype, in_features, bias):
     w = ops.op("dequantize_ggml")(weight, qtype, in_features, x.dtype)
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
