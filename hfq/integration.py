@@ -38,9 +38,8 @@ def replace_with_hfq_linear(model: nn.Module, config: HfqConfig, modules_to_not_
     attached to the layers it names for the weighted encoders."""
     replaced = []
     kwargs = layer_kwargs(config)
-    for name, module in list(model.named_modules()):
-        if type(module) is not nn.Linear or not should_convert_module(name, modules_to_not_convert):
-            continue
+    for name in convertible_linears(model, modules_to_not_convert):
+        module = model.get_submodule(name)
         if ggml_types is not None:
             kwargs["ggml_type"] = ggml_types.get(name, "F16")
             if kwargs["ggml_type"] == "F16":

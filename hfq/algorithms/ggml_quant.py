@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..formats.ggml_layout import PACK
+from ..formats.ggml_layout import PACK, as_blocks, scale_halves
 from ..kernels import build, ops
 from ..formats.ggml_types import ggml_type
 from .ggml_search import (F32, first_absmax, make_q3_quants, make_qkx_quants, make_qp_quants, make_qx_quants,
@@ -234,15 +234,10 @@ def quantize_rows(w: torch.Tensor, type_name: str, importance: torch.Tensor | No
     return out
 
 
-_SCALE_OFFSETS = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "Q2_K": (80, 82),
-                  "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
-
-
 def _check_scales(out: torch.Tensor, name: str, w: torch.Tensor) -> None:
     """llama.cpp refuses blocks whose float16 scales overflowed; so does hfq, naming the cause."""
-    blocks = out.reshape(-1, ggml_type(name).type_size)
-    for off in _SCALE_OFFSETS[name]:
-        if not torch.isfinite(blocks[:, off:off + 2].contiguous().view(torch.float16)).all():
+    for half in scale_halves(as_blocks(out, name), name):
+        if not torch.isfinite(half).all():
             raise ValueError(f"weights up to {w.abs().max().item():.3g} overflow the float16 scales of {name} "
                              "(max 65504); llama.cpp rejects such blocks. Use Q8_0 for this layer or rescale it.")
 

@@ -226,6 +226,16 @@ def unpack_q6_k(b):
     return {"q": low | (high << 4), "sc": b[:, 192:208].contiguous().view(torch.int8), "d": _half(b, 208)}
 
 
+# Byte offsets of each type's float16 scale fields (d, dmin or m) inside a block.
+HALF_OFFSETS = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "Q2_K": (80, 82),
+                "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def scale_halves(blocks: torch.Tensor, type_name: str) -> list[torch.Tensor]:
+    """The float16 scale fields of [n_blocks, type_size] blocks, one [n_blocks] tensor per field."""
+    return [_half(blocks, off) for off in HALF_OFFSETS[type_name]]
+
+
 PACK = {"Q4_0": pack_q4_0, "Q4_1": pack_q4_1, "Q5_0": pack_q5_0, "Q5_1": pack_q5_1, "Q8_0": pack_q8_0,
         "Q2_K": pack_q2_k, "Q3_K": pack_q3_k, "Q4_K": pack_q4_k, "Q5_K": pack_q5_k, "Q6_K": pack_q6_k}
 UNPACK = {"Q4_0": unpack_q4_0, "Q4_1": unpack_q4_1, "Q5_0": unpack_q5_0, "Q5_1": unpack_q5_1,
