@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import numpy as np
@@ -37,20 +36,8 @@ def f32_gguf(dst: Path) -> Path:
     return dst
 
 
-def llama_quantize(src: Path, dst: Path, file_type: str, nthread: int = 2) -> None:
-    import llama_cpp
-
-    p = llama_cpp.llama_model_quantize_default_params()
-    p.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + file_type)
-    p.nthread = nthread
-    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p)) != 0:
-        raise RuntimeError(f"llama_model_quantize {file_type} failed")
-
-
 def texts() -> tuple[str, str]:
     """(calibration, held-out): disjoint halves of CPython's pydoc topics, which ship with Python."""
-    from pydoc_data.topics import topics
+    from hfq.evaluation import pydoc_halves
 
-    names = sorted(topics)
-    half = len(names) // 2
-    return ("\n\n".join(topics[n] for n in names[:half]), "\n\n".join(topics[n] for n in names[half:]))
+    return pydoc_halves()

@@ -19,50 +19,32 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 import hfq
-from _gemma_gguf import f32_gguf, llama_quantize
+from _gemma_gguf import f32_gguf
 from gguf_quality import arguments, baseline, evaluate
 from hfq.algorithms.calibration import save_importance
+from hfq.evaluation import GGUFModel
 from hfq.gguf.mixes import gguf_name
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-from ggml_oracle import read_gguf, run_llama_quantize_bin, write_imatrix  # noqa: E402
+from ggml_oracle import read_gguf, run_llama_model_quantize, run_llama_quantize_bin, write_imatrix  # noqa: E402
 
 
 def llama_cpp_scores(path: Path, windows, ref):
-    import llama_cpp
-
-    orig = llama_cpp.llama_cpp.llama_model_default_params
-
-    def params():   # ggml's AMX repack crashes on these CPUs (shared/notes/llama-cpp-python.md)
-        p = orig()
-        p.use_extra_bufts = False
-        return p
-
-    llama_cpp.llama_cpp.llama_model_default_params = params
-    llama_cpp.llama_model_default_params = params
-    try:
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=windows[0].shape[1], logits_all=True, verbose=False,
-                              n_threads=2, n_batch=windows[0].shape[1])
-        nll, n, kl, agree = 0.0, 0, 0.0, 0
-        for i, w in enumerate(windows):
-            llm.reset()
-            llm.eval(w[0].tolist())
-            logp = F.log_softmax(torch.from_numpy(np.array(llm.scores[: w.shape[1] - 1], np.float32)), -1)
-            tgt = w[0, 1:]
-            nll -= logp.gather(1, tgt.unsqueeze(1)).sum().item()
-            n += tgt.numel()
-            ra, rl = ref[i]
-            kl += (rl.exp() * (rl - logp)).sum().item()
-            agree += (logp.argmax(-1) == ra).sum().item()
-        return math.exp(nll / n), kl / n, agree / n
-    finally:
-        llama_cpp.llama_cpp.llama_model_default_params = orig
-        llama_cpp.llama_model_default_params = orig
+    """ppl, KL and top-1 of a GGUF file in llama.cpp over every position but the last, as evaluate() scores."""
+    model = GGUFModel(path, windows[0].shape[1], threads=2)
+    nll, n, kl, agree = 0.0, 0, 0.0, 0
+    for i, w in enumerate(windows):
+        logp = model.logprobs(w)[: w.shape[1] - 1]
+        tgt = w[0, 1:]
+        nll -= logp.gather(1, tgt.unsqueeze(1)).sum().item()
+        n += tgt.numel()
+        ra, rl = ref[i]
+        kl += (rl.exp() * (rl - logp)).sum().item()
+        agree += (logp.argmax(-1) == ra).sum().item()
+    return math.exp(nll / n), kl / n, agree / n
 
 
 def main() -> None:
@@ -87,7 +69,7 @@ def main() -> None:
             if weighted:
                 theirs = run_llama_quantize_bin(args.llama_quantize, src, dst, qt, imatrix, pure=False)
             else:
-                llama_quantize(src, dst, qt)
+                run_llama_model_quantize(src, dst, qt)
                 theirs = read_gguf(dst)
             cfg = hfq.HfqConfig(method="gguf", quant_type=qt, importance=str(imp_file) if weighted else None)
             m = AutoModelForCausalLM.from_pretrained(path, quantization_config=cfg)

@@ -14,6 +14,7 @@ Also checks that hfq's bytes equal llama.cpp's for every block tensor.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,9 +23,12 @@ import gguf
 import numpy as np
 import torch
 
-from _gemma_gguf import f32_gguf, llama_quantize
+from _gemma_gguf import f32_gguf
 from hfq.algorithms.ggml_quant import quantize_rows
 from hfq.formats.ggml_types import TYPES
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+from ggml_oracle import run_llama_model_quantize  # noqa: E402
 
 
 def ggml_chunk_seconds(arrays, type_id: int) -> float:
@@ -63,7 +67,7 @@ def main() -> None:
     for ft in args.types:
         dst = work / f"gemma-{ft}.gguf"
         t0 = time.perf_counter()
-        llama_quantize(src, dst, ft, args.threads)
+        run_llama_model_quantize(src, dst, ft, nthread=args.threads)
         t_llama = time.perf_counter() - t0
         out = gguf.GGUFReader(str(dst))
         quant = [t for t in out.tensors if t.tensor_type.name in TYPES and TYPES[t.tensor_type.name].block > 1]

@@ -21,12 +21,18 @@ from tqdm.auto import tqdm
 from .algorithms.calibration import token_windows
 
 
-def default_text() -> tuple[str, str]:
-    """(text, source): held-out English from CPython's pydoc topics (PSF license), shipped with every Python."""
+def pydoc_halves() -> tuple[str, str]:
+    """Disjoint halves of CPython's pydoc topics (PSF license), shipped with every Python: (first, second)."""
     from pydoc_data.topics import topics
 
     names = sorted(topics)
-    return ("\n\n".join(topics[n] for n in names[len(names) // 2:]),
+    half = len(names) // 2
+    return ("\n\n".join(topics[n] for n in names[:half]), "\n\n".join(topics[n] for n in names[half:]))
+
+
+def default_text() -> tuple[str, str]:
+    """(text, source): the held-out (second) half of pydoc_halves(); calibration uses the first."""
+    return (pydoc_halves()[1],
             "CPython pydoc_data.topics, second half of the topics (Python Software Foundation License)")
 
 
@@ -50,10 +56,10 @@ class _HF:
         return F.log_softmax(logits, -1)
 
 
-class _GGUF:
+class GGUFModel:
     """A GGUF file in llama.cpp through llama-cpp-python (a test/eval extra)."""
 
-    def __init__(self, path: Path, n_ctx: int, threads: int | None):
+    def __init__(self, path: Path, n_ctx: int, threads: int | None = None):
         import llama_cpp
 
         with _no_extra_buffers(llama_cpp):
@@ -94,7 +100,7 @@ def _runner(model, n_ctx: int, threads: int | None):
     if isinstance(model, (str, Path)) and str(model).endswith(".gguf"):
         if not Path(model).is_file():
             raise ValueError(f"GGUF file {str(model)!r} does not exist.")
-        return _GGUF(Path(model), n_ctx, threads)
+        return GGUFModel(Path(model), n_ctx, threads)
     if not hasattr(model, "parameters"):
         raise ValueError(f"cannot evaluate {model!r}: pass a loaded model or the path of a .gguf file.")
     return _HF(model)

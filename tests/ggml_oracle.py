@@ -55,17 +55,40 @@ def llama_tensors(rng, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, tied=F
     return {k: v.astype(np.float32) for k, v in t.items()}
 
 
-def llama_quantize(src, dst, file_type: str, pure: bool = False) -> dict:
-    """llama.cpp's llama_model_quantize (llama-cpp-python). Returns {tensor name: (type name, bytes)}."""
+def run_llama_model_quantize(src, dst, file_type: str, pure: bool = False, nthread: int = 2) -> None:
+    """llama.cpp's llama_model_quantize (llama-cpp-python), src -> dst."""
     import llama_cpp
 
     p = llama_cpp.llama_model_quantize_default_params()
     p.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + file_type)
     p.pure = pure
-    p.nthread = 2
+    p.nthread = nthread
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
-    assert rc == 0, f"llama_model_quantize failed with {rc}"
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize {file_type} failed with {rc}")
+
+
+def llama_quantize(src, dst, file_type: str, pure: bool = False) -> dict:
+    """run_llama_model_quantize, then {tensor name: (type name, bytes)} of the result."""
+    run_llama_model_quantize(src, dst, file_type, pure)
     return read_gguf(dst)
+
+
+def llama_tokenize(model_path, text: str):
+    """llama.cpp's own tokenization (vocab only, BOS added as llama-imatrix/llama-perplexity do): (ids, bos)."""
+    import llama_cpp
+    import torch
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), params)
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    raw = text.encode()
+    buf = (llama_cpp.llama_token * (len(raw) + 8))()
+    n = llama_cpp.llama_tokenize(vocab, raw, len(raw), buf, len(buf), True, False)
+    bos = llama_cpp.llama_vocab_bos(vocab)
+    llama_cpp.llama_model_free(model)
+    return torch.tensor(list(buf[:n])), bos
 
 
 def read_gguf(path) -> dict:

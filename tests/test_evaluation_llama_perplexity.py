@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 
 from hfq.algorithms.calibration import token_windows
 from hfq.evaluation import default_text, evaluate
@@ -25,23 +24,9 @@ pytestmark = pytest.mark.skipif(not (BIN and Path(BIN).exists()),
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
 
-def _llama_tokens(model_path: Path, text: str):
-    import llama_cpp
-
-    p = llama_cpp.llama_model_default_params()
-    p.vocab_only = True
-    m = llama_cpp.llama_model_load_from_file(str(model_path).encode(), p)
-    v = llama_cpp.llama_model_get_vocab(m)
-    raw = text.encode()
-    buf = (llama_cpp.llama_token * (len(raw) + 8))()
-    n = llama_cpp.llama_tokenize(v, raw, len(raw), buf, len(buf), True, False)
-    bos = llama_cpp.llama_vocab_bos(v)
-    llama_cpp.llama_model_free(m)
-    return torch.tensor(list(buf[:n])), bos
-
-
 def test_evaluate_equals_llama_perplexity(tmp_path):
     from _gemma_gguf import f32_gguf
+    from ggml_oracle import llama_tokenize
 
     base = f32_gguf(Path(tempfile.gettempdir()) / "hfq-bench" / "gemma-3-270m-f32.gguf")
     quant = gguf_path()
@@ -57,7 +42,7 @@ def test_evaluate_equals_llama_perplexity(tmp_path):
     kld = float(re.search(r"Mean\s+KLD:\s*([\d.]+)", log).group(1))
     same = float(re.search(r"Same top p:\s*([\d.]+)", log).group(1)) / 100
 
-    ids, bos = _llama_tokens(base, text)
+    ids, bos = llama_tokenize(base, text)
     r = evaluate(str(quant), token_windows(ids, 512, bos)[:2], base=str(base), threads=2, progress=False)
     print(f"hfq: ppl {r['ppl']:.4f} KL {r['kl']:.6f} top-1 {r['top1']:.4f}; "
           f"llama-perplexity: ppl {ppl:.4f} KL {kld:.6f} top-1 {same:.4f}")

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 
 
 def test_importance_matches_llama_imatrix(gemma_dir, tmp_path):
-    import llama_cpp
     from _gemma_gguf import f32_gguf, texts
+    from ggml_oracle import llama_tokenize
 
     src = f32_gguf(Path(tempfile.gettempdir()) / "hfq-bench" / "gemma-3-270m-f32.gguf")
     text = texts()[0][:20000]
@@ -40,16 +40,7 @@ def test_importance_matches_llama_imatrix(gemma_dir, tmp_path):
     ref = {t.name: np.array(t.data, dtype=np.float64).reshape(-1) for t in gguf.GGUFReader(str(out)).tensors}
 
     # the same token stream llama-imatrix uses: llama.cpp's tokenizer with BOS, windows with BOS first
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(src).encode(), params)
-    vocab = llama_cpp.llama_model_get_vocab(model)
-    raw = text.encode()
-    buf = (llama_cpp.llama_token * (len(raw) + 8))()
-    n = llama_cpp.llama_tokenize(vocab, raw, len(raw), buf, len(buf), True, False)
-    ids = torch.tensor(list(buf[:n]))
-    bos = llama_cpp.llama_vocab_bos(vocab)
-    llama_cpp.llama_model_free(model)
+    ids, bos = llama_tokenize(src, text)
     windows = token_windows(ids, ctx, bos)[:chunks]
 
     hf = AutoModelForCausalLM.from_pretrained(gemma_dir, dtype=torch.float32)
