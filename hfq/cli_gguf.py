@@ -27,6 +27,7 @@ def run(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .algorithms.calibration import collect_importance, token_windows
+    from .checkpoint import describe
     from .gguf.export import export_gguf
     from .models import resolve
 
@@ -36,6 +37,8 @@ def run(args) -> int:
     if out.exists() and not args.overwrite:
         raise ValueError(f"--out {out} exists; pass --overwrite or choose another name.")
     src = resolve(args.model)
+    if Path(src).is_dir():
+        describe(src)            # names a truncated or corrupt safetensors file before transformers reads it
     tok = AutoTokenizer.from_pretrained(src)
     print(f"loading {args.model} ...", file=sys.stderr)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)

@@ -48,7 +48,8 @@ class _Lazy:
         self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
 
     def tofile(self, f) -> None:
-        arr = np.ascontiguousarray(self._make())
+        with torch.no_grad():
+            arr = np.ascontiguousarray(self._make())
         if arr.nbytes != self.nbytes or arr.dtype != self.dtype:
             raise RuntimeError(f"tensor data is {arr.dtype} {arr.nbytes} B, announced {self.dtype} {self.nbytes} B")
         arr.tofile(f)
@@ -156,7 +157,7 @@ def _float_tensor(plan: _Plan, hf_name: str, t: torch.Tensor, gname: str, n_voca
 
 
 def _hfq_linear(plan: _Plan, hf_name: str, m: HfqLinear, gname: str):
-    n_head = plan.permute(hf_name)
+    n_head = plan.permute(hf_name + ".weight")
     if m.method == "gguf" and not plan.requant_gguf:
         typ = m.ggml_type
         raw = lambda: m.weight.detach()                                   # noqa: E731
@@ -263,3 +264,21 @@ def export_gguf(model, tokenizer, path: str | os.PathLike, quant_type: str | Non
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_gguf(path: str | os.PathLike) -> gguf.GGUFReader:
+    """Open a GGUF file with gguf-py, turning a truncated or corrupt file into a ValueError that names it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"GGUF file {str(path)!r} does not exist.")
+    try:
+        r = gguf.GGUFReader(path)
+    except Exception as e:   # gguf-py raises ValueError, IndexError or struct/numpy errors on bad bytes
+        raise ValueError(f"{path} is truncated or corrupt: gguf-py cannot read it ({type(e).__name__}: {e}); "
+                         "re-export or re-download it.") from None
+    size = path.stat().st_size
+    for t in r.tensors:
+        if t.data_offset + t.n_bytes > size:
+            raise ValueError(f"{path} is truncated: tensor {t.name} ends at byte {t.data_offset + t.n_bytes}, the "
+                             f"file has {size}; re-export or re-download it.")
+    return r
