@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import hfq
-from hfq.evaluation import _no_extra_buffers
+from hfq.evaluation import _no_extra_buffers, chunks, evaluate, pydoc_halves
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from ggml_oracle import read_gguf, run_llama_model_quantize  # noqa: E402
@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--chunks", type=int, default=8, help="512-token chunks for the KL rows (half of each is scored)")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,10 +80,23 @@ def main() -> None:
                    "tensors_equal": f"{same}/{len(b)}", "decode_tps_hfq": statistics.median(tps["hfq"]),
                    "decode_tps_llama_cpp": statistics.median(tps["llama.cpp"])}
             row["decode_ratio"] = row["decode_tps_hfq"] / row["decode_tps_llama_cpp"]
+            # the two engines on the same weights: llama.cpp on hfq's file against hfq's transformers model
+            hq = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, quantization_config=hfq.HfqConfig(
+                method="gguf", quant_type=qt)).eval()
+            windows = chunks(tok, pydoc_halves()[1], 512)[:args.chunks]
+            same_file = evaluate(ours, windows, base=d / f"lc-{qt}.gguf", threads=args.threads, progress=False)
+            engines = evaluate(ours, windows, base=hq, threads=args.threads, progress=False)
+            del hq
+            row.update({"kl_vs_llama_cpp_file": same_file["kl"], "top1_vs_llama_cpp_file": same_file["top1"],
+                        "kl_vs_hfq_transformers": engines["kl"], "top1_vs_hfq_transformers": engines["top1"],
+                        "eval_tokens": engines["scored_tokens"]})
             rows.append(row)
             print(f"{qt}: export hfq {t_hfq:.2f} s vs llama.cpp requantize {t_lc:.2f} s ({row['time_ratio']:.2f}x); "
                   f"tensors equal {row['tensors_equal']}; decode {row['decode_tps_hfq']:.1f} vs "
-                  f"{row['decode_tps_llama_cpp']:.1f} tokens/s ({row['decode_ratio']:.2f}x)")
+                  f"{row['decode_tps_llama_cpp']:.1f} tokens/s ({row['decode_ratio']:.2f}x); KL vs llama.cpp's file "
+                  f"{row['kl_vs_llama_cpp_file']:.2e} (top-1 {row['top1_vs_llama_cpp_file']:.4f}); llama.cpp vs "
+                  f"transformers on these weights: KL {row['kl_vs_hfq_transformers']:.4f}, top-1 "
+                  f"{row['top1_vs_hfq_transformers']:.3f} over {row['eval_tokens']} tokens")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -8,7 +8,7 @@ import torch
 import hfq
 from ggml_oracle import llama_quantize, llama_tokenize, read_gguf
 from helpers import PARAGRAPH
-from hfq.evaluation import GGUFModel, chunks, evaluate, pydoc_halves
+from hfq.evaluation import chunks, evaluate, pydoc_halves
 
 pytestmark = pytest.mark.slow
 
