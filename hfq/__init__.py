@@ -8,4 +8,7 @@ from .quantizer import HfqQuantizer, register
 
 register()
 
-__all__ = ["HfqConfig", "HfqQuantizer", "__version__", "register"]
+from .cards import make_card  # noqa: E402  (after register: these load models through transformers)
+from .publish import evaluate, push_variants  # noqa: E402
+
+__all__ = ["HfqConfig", "HfqQuantizer", "__version__", "evaluate", "make_card", "push_variants", "register"]

@@ -1,0 +1,36 @@
+"""`hfq demo`: the README's main job on the embedded Gemma-3-270M. Makes the standard variants, evaluates them
+against the float model on the default held-out text, writes each variant's folder and card, prints the
+comparison table and saves a chart of quality against size."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from . import variants as registry
+from .cards import markdown_table
+from .chart import quality_vs_size
+from .publish import base_card_info, prepare
+
+MODEL = "gemma-3-270m"
+QUICK_VARIANTS = ("nf4-dq", "rtn-int4-g128")
+
+
+def run_demo(out: str | Path = "hfq-demo", quick: bool = False, progress: bool = True) -> dict:
+    """Full: every variant in variants.STANDARD on 4 chunks of 512 tokens (2,048 tokens). quick: two variants on
+    one chunk. Returns {"table", "chart", "results", "seconds"}; out/ gets the variant folders, base.json,
+    results.json, table.md and quality_vs_size.png."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    names = QUICK_VARIANTS if quick else registry.STANDARD
+    command = f"hfq demo{' --quick' if quick else ''} --out {out}"
+    records = prepare(MODEL, list(names), out, chunks=1 if quick else 4, progress=progress, command=command)
+    base = json.loads((out / "base.json").read_text())
+    rows = [(f"{base_card_info(MODEL)[2]} (float32)", base)] + [(r["variant"], r["result"]) for r in records]
+    table = markdown_table(rows)
+    chart = quality_vs_size(rows, out / "quality_vs_size.png",
+                            title=f"{MODEL}: quality against size ({base['scored_tokens']} scored tokens)")
+    seconds = time.perf_counter() - t0
+    (out / "table.md").write_text(f"{table}\n\n`{command}`: {seconds:.0f} s\n", encoding="utf-8")
+    return {"table": table, "chart": str(chart), "results": records, "seconds": seconds}
