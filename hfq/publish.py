@@ -110,9 +110,12 @@ def quantize_command(base: str, settings: dict, out: str) -> str:
 
 def base_card_info(base: str) -> tuple[str | None, str | None, str]:
     """(Hub id for the card's base_model or None, the base card's license, a display name)."""
+    marker = Path(base) / "hfq-embedded.json"   # the float folder hfq.models built for an embedded name
+    if marker.exists() and Path(base).name in EMBEDDED_BASE:
+        base = Path(base).name
     if base in EMBEDDED_BASE:
         hub_id, lic = EMBEDDED_BASE[base]
-        return hub_id, lic, hub_id
+        return hub_id, lic, base
     from huggingface_hub import ModelCard
 
     local = Path(base)
@@ -125,6 +128,25 @@ def base_card_info(base: str) -> tuple[str | None, str | None, str]:
     except Exception as e:  # noqa: BLE001 (no card, offline, bad YAML: the license is then unknown)
         logger.info("hfq: no license from the base card of %s (%s)", base, type(e).__name__)
         return (None if local.exists() else base), None, local.name if local.exists() else base
+
+
+def write_push_card(folder: str | Path, repo_id: str, base: str, cfg) -> None:
+    """model.push_to_hub's card: replaces transformers' default card (or an earlier hfq card) in the folder
+    about to be uploaded; a card the repo's owner wrote is kept."""
+    from huggingface_hub import ModelCard
+
+    readme = Path(folder) / "README.md"
+    if readme.exists():
+        card = ModelCard.load(readme)
+        if "hfq" not in (card.data.tags or []) and "automatically generated" not in card.text:
+            logger.info("hfq: %s has its own model card; keeping it", repo_id)
+            return
+    base_id, lic, name = base_card_info(str(base))
+    embedded = (Path(str(base)) / "hfq-embedded.json").exists()
+    shown = Path(str(base)).name if embedded or not base_id else base_id   # never a local path in a public card
+    card = make_card(describe(folder), command=quantize_command(shown, cfg.to_dict(), repo_id.split("/")[-1]),
+                     base_model=base_id, base_name=name, license=lic, repo_id=repo_id)
+    readme.write_text(str(card), encoding="utf-8")
 
 
 def _fingerprint(**kw) -> str:
