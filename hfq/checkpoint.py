@@ -35,6 +35,27 @@ def read_safetensors_header(path: Path) -> tuple[dict, dict]:
     return header, meta
 
 
+def canonicalize_metadata(folder: str | Path) -> None:
+    """Rewrite each safetensors header's __metadata__ with sorted keys, in place. safetensors writes metadata in
+    a hash order that changes from process to process, so the same tensors would give a different file (and
+    sha256) on every run; sorted, the bytes depend only on the content. The header keeps its length."""
+    for path in _weight_files(Path(folder)):
+        with open(path, "r+b") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            raw = f.read(n)
+            header = json.loads(raw)
+            meta = header.get("__metadata__")
+            if not meta:
+                continue
+            old = json.dumps({"__metadata__": meta}, separators=(",", ":"), ensure_ascii=False)[1:-1].encode()
+            new = json.dumps({"__metadata__": dict(sorted(meta.items()))}, separators=(",", ":"),
+                             ensure_ascii=False)[1:-1].encode()
+            if raw.count(old) != 1 or len(old) != len(new):
+                continue  # not the compact form safetensors writes; leave the file alone
+            f.seek(8)
+            f.write(raw.replace(old, new))
+
+
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.exists():

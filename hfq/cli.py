@@ -93,7 +93,7 @@ def _cmd_quantize(args) -> int:
 
     from .config import HfqConfig
     from .cards import render_card
-    from .checkpoint import describe
+    from .checkpoint import canonicalize_metadata, describe
     from .models import resolve
 
     if (args.importance or args.calibration) and args.method != "gguf":
@@ -118,6 +118,7 @@ def _cmd_quantize(args) -> int:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         model.save_pretrained(tmp, max_shard_size=args.max_shard_size)
+        canonicalize_metadata(tmp)   # same content, same bytes: the card's sha256s can be reproduced
         try:
             AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
         except (OSError, ValueError) as e:

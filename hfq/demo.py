@@ -18,14 +18,15 @@ QUICK_VARIANTS = ("nf4-dq", "rtn-int4-g128")
 
 
 def run_demo(out: str | Path = "hfq-demo", quick: bool = False, progress: bool = True) -> dict:
-    """Full: every variant in variants.STANDARD on 4 chunks of 512 tokens (2,048 tokens). quick: two variants on
-    one chunk. Returns {"table", "chart", "results", "seconds"}; out/ gets the variant folders, base.json,
+    """Full: every variant in variants.STANDARD on 4 chunks of 512 tokens (2,048 tokens), decode speed over 16
+    tokens. quick: two variants on one chunk, no decode timing. Returns {"table", "chart", "results", "seconds"}; out/ gets the variant folders, base.json,
     results.json, table.md and quality_vs_size.png."""
     t0 = time.perf_counter()
     out = Path(out)
     names = QUICK_VARIANTS if quick else registry.STANDARD
     command = f"hfq demo{' --quick' if quick else ''} --out {out}"
-    records = prepare(MODEL, list(names), out, chunks=1 if quick else 4, progress=progress, command=command)
+    records = prepare(MODEL, list(names), out, chunks=1 if quick else 4, progress=progress, command=command,
+                      decode_tokens=0 if quick else 16)
     base = json.loads((out / "base.json").read_text())
     rows = [(f"{base_card_info(MODEL)[2]} (float32)", base)] + [(r["variant"], r["result"]) for r in records]
     table = markdown_table(rows)

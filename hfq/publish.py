@@ -24,7 +24,7 @@ import torch
 
 from . import variants as registry
 from .cards import make_card
-from .checkpoint import describe, describe_gguf
+from .checkpoint import canonicalize_metadata, describe, describe_gguf
 from .evaluation import chunks as token_chunks, decode_speed, default_text, evaluate as _evaluate, pydoc_halves
 from .hub import PushError, upload_folder
 from .models import resolve
@@ -59,10 +59,10 @@ def _machine() -> str:
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def _measure(model, base, tokenizer, windows, threads=None, progress=True) -> dict:
+def _measure(model, base, tokenizer, windows, threads=None, progress=True, decode_tokens: int = 32) -> dict:
     out = _evaluate(model, windows, base, threads=threads, progress=progress)
-    if hasattr(model, "generate"):
-        out["decode_tokens_per_s"] = decode_speed(model, tokenizer)
+    if hasattr(model, "generate") and decode_tokens:
+        out["decode_tokens_per_s"] = decode_speed(model, tokenizer, new_tokens=decode_tokens)
     out["machine"] = _machine()
     return out
 
@@ -135,6 +135,7 @@ def write_push_card(folder: str | Path, repo_id: str, base: str, cfg) -> None:
     about to be uploaded; a card the repo's owner wrote is kept."""
     from huggingface_hub import ModelCard
 
+    canonicalize_metadata(folder)
     readme = Path(folder) / "README.md"
     if readme.exists():
         card = ModelCard.load(readme)
@@ -168,9 +169,10 @@ def _write_json(path: Path, data) -> None:
 
 def prepare(base: str, variant_names, out: str | Path, *, repo: str | None = None, text: str | None = None,
             ctx: int = 512, chunks: int | None = 4, progress: bool = True, command: str = "",
-            calibration: tuple[str, str] | None = None) -> list[dict]:
+            calibration: tuple[str, str] | None = None, decode_tokens: int = 16) -> list[dict]:
     """Quantize, evaluate and card every variant into out/ (see the module doc). Returns one record per variant:
-    {variant, folder, repo_id, result}. Reuses finished variant folders with the same fingerprint."""
+    {variant, folder, repo_id, result}. Reuses finished variant folders with the same fingerprint.
+    decode_tokens: greedy tokens timed for decode speed (0 skips it)."""
     from transformers import AutoTokenizer
 
     vs = registry.parse(variant_names)
@@ -183,7 +185,8 @@ def prepare(base: str, variant_names, out: str | Path, *, repo: str | None = Non
     source = "the given text"
     if text is None:
         text, source = default_text()
-    key = dict(base=str(base), text=hashlib.sha256(text.encode()).hexdigest(), ctx=ctx, chunks=chunks)
+    key = dict(base=str(base), text=hashlib.sha256(text.encode()).hexdigest(), ctx=ctx, chunks=chunks,
+               decode_tokens=decode_tokens)
     windows = token_chunks(tok, text, ctx, chunks)
     base_model = None
     base_json = out / "base.json"
@@ -191,7 +194,8 @@ def prepare(base: str, variant_names, out: str | Path, *, repo: str | None = Non
     if not base_result or base_result.get("fingerprint") != _fingerprint(**key):
         base_model = _load(src)
         base_result = {"model": str(base), "text": source, "fingerprint": _fingerprint(**key),
-                       **_measure(base_model, None, tok, windows, progress=progress), "size": size(src)}
+                       **_measure(base_model, None, tok, windows, progress=progress, decode_tokens=decode_tokens),
+                       "size": size(src)}
         _write_json(base_json, base_result)
     records = []
     for v in vs:
@@ -201,7 +205,8 @@ def prepare(base: str, variant_names, out: str | Path, *, repo: str | None = Non
         result = _read_json(folder / EVAL_FILE)
         if not result or result.get("fingerprint") != fp:
             base_model = base_model if base_model is not None else _load(src)
-            result = _make_variant(v, src, tok, base_model, windows, folder, source, fp, progress, calibration)
+            result = _make_variant(v, src, tok, base_model, windows, folder, source, fp, progress, calibration,
+                                   decode_tokens)
         else:
             logger.info("hfq: reusing %s (same settings and text)", folder)
         repo_id = f"{repo}-{v.repo_suffix()}" if repo else None
@@ -227,16 +232,18 @@ def _reproduce(base, v, record, command: str) -> str:
 
 
 def _make_variant(v, src, tok, base_model, windows, folder: Path, source: str, fp: str, progress,
-                  calibration: tuple[str, str]) -> dict:
+                  calibration: tuple[str, str], decode_tokens: int) -> dict:
     logger.info("hfq: making %s", v.name)
     model = _load(src, v.config(calibration[0] if v.calibrated else None))
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         model.save_pretrained(tmp)
+        canonicalize_metadata(tmp)
         tok.save_pretrained(tmp)
         result = {"model": v.name, "variant": v.name, "text": source, "fingerprint": fp,
-                  **_measure(model, base_model, tok, windows, progress=progress), "size": size(tmp)}
+                  **_measure(model, base_model, tok, windows, progress=progress, decode_tokens=decode_tokens),
+                  "size": size(tmp)}
         _write_json(tmp / EVAL_FILE, result)
         if folder.exists():
             shutil.rmtree(folder)
@@ -248,14 +255,15 @@ def _make_variant(v, src, tok, base_model, windows, folder: Path, source: str, f
 
 def push_variants(base: str, variant_names, repo: str, *, out: str | Path | None = None, text: str | None = None,
                   ctx: int = 512, chunks: int | None = 4, private: bool = False, dry_run: bool = False,
-                  command: str = "", resume_command: str | None = None) -> list[dict]:
+                  command: str = "", resume_command: str | None = None, decode_tokens: int = 16) -> list[dict]:
     """Make, evaluate and card each variant (prepare), then upload each repo folder as one commit holding only
     what the Hub lacks. Safetensors variants go to {repo}-{variant}. Returns the records, each with
     "commit_url" (None when nothing changed or dry_run). On a failure raises PushError naming what to rerun."""
     if not repo or repo.count("/") > 1 or any(c.isspace() for c in repo):
         raise ValueError(f"repo={repo!r} must be 'name' or 'namespace/name'.")
     out = Path(out) if out else Path(f"hfq-push-{repo.replace('/', '--')}")
-    records = prepare(base, variant_names, out, repo=repo, text=text, ctx=ctx, chunks=chunks, command=command)
+    records = prepare(base, variant_names, out, repo=repo, text=text, ctx=ctx, chunks=chunks, command=command,
+                      decode_tokens=decode_tokens)
     hint = f"Resume with: {resume_command}" if resume_command else (
         f"Resume by calling push_variants again with out={str(out)!r}; only what is missing is uploaded.")
     for r in records:
