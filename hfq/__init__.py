@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._version import __version__
 from .config import HfqConfig
+from .gguf.export import export_gguf
 from .quantizer import HfqQuantizer, register
 
 register()
@@ -11,4 +12,5 @@ register()
 from .cards import make_card  # noqa: E402  (after register: these load models through transformers)
 from .publish import evaluate, push_variants  # noqa: E402
 
-__all__ = ["HfqConfig", "HfqQuantizer", "__version__", "evaluate", "make_card", "push_variants", "register"]
+__all__ = ["HfqConfig", "HfqQuantizer", "__version__", "evaluate", "export_gguf", "make_card", "push_variants",
+           "register"]

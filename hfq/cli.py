@@ -1,4 +1,4 @@
-"""The `hfq` command line: quantize, importance, eval, info, push, demo, doctor."""
+"""The `hfq` command line: quantize, info, importance, eval, export-gguf, push, demo, doctor."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import cli_gguf
 from .config import CODEBOOK_BLOCK_SIZES, GGUF_QUANT_TYPES, METHODS, RTN_BITS, RTN_GROUP_SIZES
 
 logger = logging.getLogger("hfq")
@@ -85,6 +86,7 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="hfq-demo", help="output folder (default hfq-demo)")
 
     sub.add_parser("doctor", help="report the environment hfq runs in and which kernels each op uses")
+    cli_gguf.add_parser(sub)
     return p
 
 
@@ -285,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     handler = {"quantize": _cmd_quantize, "info": _cmd_info, "doctor": _cmd_doctor,
-               "importance": _cmd_importance, "eval": _cmd_eval, "push": _cmd_push, "demo": _cmd_demo}[args.command]
+               "importance": _cmd_importance, "eval": _cmd_eval, "export-gguf": cli_gguf.run, "push": _cmd_push,
+               "demo": _cmd_demo}[args.command]
     try:
         return handler(args)
     except (ValueError, OSError, RuntimeError) as e:
