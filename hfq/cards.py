@@ -32,6 +32,11 @@ def _code(v) -> str:
     return " ".join(str(v).split()).replace("`", "'")
 
 
+def _code_lines(v: str) -> str:
+    """A code block of several lines: each line escaped like _code, so none can close the block."""
+    return "\n".join(_code(x) for x in str(v).splitlines() if x.strip())
+
+
 def _num(v, key: str) -> str:
     return "—" if v is None else f"{v:.{ROUND[key]}f}"
 
@@ -92,11 +97,41 @@ def make_card(info: dict, *, command: str, base_model: str | None = None, base_n
         "n_chunks": first.get("chunks"), "n_ctx": first.get("n_ctx"), "machine": _text(first.get("machine", "CPU")),
         "modules": [{"name": _text(k), "weights": f"{v['weights']:,}", "bpw": _num(v["bpw"], "bpw")}
                     for k, v in (info.get("modules") or {}).items()],
-        "repo_literal": _code(json.dumps(repo_id or str(folder))), "command": _code(command),
+        "repo_literal": _code(json.dumps(repo_id or str(folder))), "command": _code_lines(command),
         "calibration": _text(calibration) if calibration else NO_CALIBRATION,
         "config_json": _code(json.dumps(cfg, sort_keys=True)), "hfq_version": __version__, "files": files,
     }
     template = (resource_dir("model_cards") / "quantized.md.j2").read_text(encoding="utf-8")
+    return ModelCard.from_template(data, template_str=template, c=c)
+
+
+def make_gguf_card(folder: str | Path, files: list[tuple[str, dict]], *, command: str, base_model: str | None = None,
+                   base_name: str | None = None, license: str | None = None, repo_id: str | None = None,
+                   rows: list[tuple[str, dict]] = (), calibration: str | None = None) -> ModelCard:
+    """The card of a {repo}-GGUF folder. files: (file name, hfq.checkpoint.describe_gguf dict) per GGUF type."""
+    folder = Path(folder)
+    base_name = base_name or base_model or "a model"
+    types = [Path(n).stem.rsplit("-", 1)[-1] for n, _ in files]
+    data = ModelCardData(base_model=base_model, base_model_relation="quantized", library_name="gguf",
+                         pipeline_tag="text-generation", license=license,
+                         tags=["hfq", "quantized", "gguf", *[t.lower() for t in types]])
+    first = rows[-1][1] if rows else {}
+    repo = repo_id or folder.name
+    c = {
+        "title": _text(f"{str(base_name).rstrip('/').split('/')[-1]} GGUF"), "base_name": _text(base_name),
+        "gguf": [{"name": _code(n), "type": _text(t), "size_mb": _num(d["bytes_on_disk"] / 1e6, "size_mb"),
+                  "bpw": _num(d["model_bpw"], "bpw")} for (n, d), t in zip(files, types)],
+        "table": markdown_table(list(rows)) if rows else "",
+        "eval_text": _text(first.get("text", "")), "scored_tokens": first.get("scored_tokens"),
+        "n_chunks": first.get("chunks"), "n_ctx": first.get("n_ctx"), "machine": _text(first.get("machine", "CPU")),
+        "repo_literal": _code(json.dumps(repo)), "repo_plain": _code(repo).replace('"', ""),
+        "first_file": _code(json.dumps(files[0][0])), "first_type": _code(types[0]),
+        "command": _code_lines(command),
+        "calibration": _text(calibration) if calibration else NO_CALIBRATION, "hfq_version": __version__,
+        "files": [(_code(p.name), sha256_file(p)) for p in sorted(folder.iterdir())
+                  if p.is_file() and p.name != "README.md" and not p.name.startswith(".")],
+    }
+    template = (resource_dir("model_cards") / "gguf.md.j2").read_text(encoding="utf-8")
     return ModelCard.from_template(data, template_str=template, c=c)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from . import variants as registry
-from .cards import make_card
+from .cards import make_card, make_gguf_card
 from .checkpoint import canonicalize_metadata, describe, describe_gguf
 from .evaluation import chunks as token_chunks, decode_speed, default_text, evaluate as _evaluate, pydoc_halves
 from .hub import PushError, upload_folder
@@ -202,24 +202,40 @@ def prepare(base: str, variant_names, out: str | Path, *, repo: str | None = Non
         folder = out / f"{stem}-{v.repo_suffix()}"
         fp = _fingerprint(**key, variant=v.name, settings=v.settings,
                           calibration=hashlib.sha256(calibration[0].encode()).hexdigest() if v.calibrated else None)
-        result = _read_json(folder / EVAL_FILE)
-        if not result or result.get("fingerprint") != fp:
+        gguf_file = folder / f"{stem}-{v.name}.gguf" if v.kind == "gguf" else None
+        stored = _read_json(folder / EVAL_FILE) or {}
+        result = stored.get(v.name) if gguf_file else stored
+        if not result or result.get("fingerprint") != fp or (gguf_file and not gguf_file.exists()):
             base_model = base_model if base_model is not None else _load(src)
-            result = _make_variant(v, src, tok, base_model, windows, folder, source, fp, progress, calibration,
-                                   decode_tokens)
+            make = _make_gguf if gguf_file else _make_variant
+            result = make(v, src, tok, base_model, windows, folder, source, fp, progress, calibration,
+                          decode_tokens, str(base), gguf_file)
         else:
-            logger.info("hfq: reusing %s (same settings and text)", folder)
+            logger.info("hfq: reusing %s in %s (same settings and text)", v.name, folder)
         repo_id = f"{repo}-{v.repo_suffix()}" if repo else None
-        records.append({"variant": v.name, "folder": str(folder), "repo_id": repo_id, "result": result})
+        records.append({"variant": v.name, "kind": v.kind, "folder": str(folder), "repo_id": repo_id,
+                        "result": result, **({"file": str(gguf_file)} if gguf_file else {})})
     base_id, lic, base_name = base_card_info(str(base))
     rows = [(f"{base_name} (float32)", base_result)] + [(r["variant"], r["result"]) for r in records]
+    cards = {}
     for r, v in zip(records, vs):
-        card = make_card(describe(r["folder"]), command=_reproduce(base, v, r, command), base_model=base_id,
-                         base_name=base_name, license=lic, repo_id=r["repo_id"] or r["folder"],
-                         results=r["result"], rows=rows, calibration=calibration[1] if v.calibrated else None)
-        tmp = Path(r["folder"]) / ".README.md.tmp"
+        if v.kind == "gguf":
+            continue
+        cards[r["folder"]] = make_card(
+            describe(r["folder"]), command=_reproduce(base, v, r, command), base_model=base_id, base_name=base_name,
+            license=lic, repo_id=r["repo_id"] or r["folder"], results=r["result"], rows=rows,
+            calibration=calibration[1] if v.calibrated else None)
+    for folder in dict.fromkeys(r["folder"] for r in records if r["kind"] == "gguf"):
+        mine = [r for r in records if r["folder"] == folder]
+        lines = [f"hfq export-gguf {shlex.quote(str(base))} --type {r['variant']} --out {Path(r['file']).name}"
+                 for r in mine] + ([f"# made and evaluated by: {command}"] if command else [])
+        cards[folder] = make_gguf_card(folder, [(Path(r["file"]).name, describe_gguf(r["file"])) for r in mine],
+                                       command="\n".join(lines), base_model=base_id, base_name=base_name,
+                                       license=lic, repo_id=mine[0]["repo_id"], rows=rows)
+    for folder, card in cards.items():
+        tmp = Path(folder) / ".README.md.tmp"
         tmp.write_text(str(card), encoding="utf-8")
-        os.replace(tmp, Path(r["folder"]) / "README.md")
+        os.replace(tmp, Path(folder) / "README.md")
     _write_json(out / "results.json", {"base": base_result, "variants": records})
     return records
 
@@ -232,7 +248,7 @@ def _reproduce(base, v, record, command: str) -> str:
 
 
 def _make_variant(v, src, tok, base_model, windows, folder: Path, source: str, fp: str, progress,
-                  calibration: tuple[str, str], decode_tokens: int) -> dict:
+                  calibration: tuple[str, str], decode_tokens: int, base_name: str, gguf_file=None) -> dict:
     logger.info("hfq: making %s", v.name)
     model = _load(src, v.config(calibration[0] if v.calibrated else None))
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -253,11 +269,36 @@ def _make_variant(v, src, tok, base_model, windows, folder: Path, source: str, f
     return result
 
 
+def _make_gguf(v, src, tok, base_model, windows, folder: Path, source: str, fp: str, progress,
+               calibration: tuple[str, str], decode_tokens: int, base_name: str, gguf_file: Path) -> dict:
+    """Export the float base to one GGUF file type (as `hfq export-gguf` does) and evaluate it in llama.cpp."""
+    from .gguf.export import export_gguf
+
+    logger.info("hfq: making %s", gguf_file.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    if gguf_file.exists():
+        gguf_file.unlink()
+    export_gguf(base_model, tok, gguf_file, quant_type=v.settings["quant_type"],
+                name=Path(base_name.rstrip("/")).name, progress=progress)
+    result = {"model": v.name, "variant": v.name, "text": source, "fingerprint": fp, "machine": _machine()}
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        logger.warning("hfq: llama-cpp-python is not installed, so %s is not evaluated (size only); "
+                       "`pip install llama-cpp-python` to score GGUF files.", gguf_file.name)
+    else:
+        result.update(_measure(str(gguf_file), base_model, tok, windows, progress=progress, decode_tokens=0))
+    result["size"] = size(gguf_file)
+    stored = _read_json(folder / EVAL_FILE) or {}
+    _write_json(folder / EVAL_FILE, {**stored, v.name: result})
+    return result
+
+
 def push_variants(base: str, variant_names, repo: str, *, out: str | Path | None = None, text: str | None = None,
                   ctx: int = 512, chunks: int | None = 4, private: bool = False, dry_run: bool = False,
                   command: str = "", resume_command: str | None = None, decode_tokens: int = 16) -> list[dict]:
     """Make, evaluate and card each variant (prepare), then upload each repo folder as one commit holding only
-    what the Hub lacks. Safetensors variants go to {repo}-{variant}. Returns the records, each with
+    what the Hub lacks. Safetensors variants go to {repo}-{variant}, GGUF files together to {repo}-GGUF. Returns the records, each with
     "commit_url" (None when nothing changed or dry_run). On a failure raises PushError naming what to rerun."""
     if not repo or repo.count("/") > 1 or any(c.isspace() for c in repo):
         raise ValueError(f"repo={repo!r} must be 'name' or 'namespace/name'.")
@@ -266,16 +307,21 @@ def push_variants(base: str, variant_names, repo: str, *, out: str | Path | None
                       decode_tokens=decode_tokens)
     hint = f"Resume with: {resume_command}" if resume_command else (
         f"Resume by calling push_variants again with out={str(out)!r}; only what is missing is uploaded.")
+    done: list[str] = []
     for r in records:
         r["commit_url"] = None
+    for folder in dict.fromkeys(r["folder"] for r in records):
         if dry_run:
-            continue
+            break
+        mine = [r for r in records if r["folder"] == folder]
         try:
-            r["commit_url"] = upload_folder(Path(r["folder"]), r["repo_id"], private=private,
-                                            message=f"hfq: {r['variant']} of {base}", resume_hint=hint)
+            url = upload_folder(Path(folder), mine[0]["repo_id"], private=private, resume_hint=hint,
+                                message=f"hfq: {', '.join(r['variant'] for r in mine)} of {base}")
         except PushError as e:
-            done = [x["repo_id"] for x in records if x is not r and x.get("commit_url") is not None]
             raise PushError(f"{e} Already pushed: {', '.join(done) or 'none'}.") from e.__cause__
+        done.append(mine[0]["repo_id"])
+        for r in mine:
+            r["commit_url"] = url
     return records
 
 

@@ -29,10 +29,10 @@ _SAFETENSORS: dict[str, dict] = {
     **{f"gguf-{qt.lower()}": dict(method="gguf", quant_type=qt) for qt in GGUF_QUANT_TYPES},
 }
 
-# GGUF files made by hfq.export_gguf. Empty until export exists in this hfq (see gguf_file_support()).
-_GGUF_FILES: tuple[str, ...] = ()
+# GGUF files made by hfq.export_gguf from the float base, named by llama.cpp's file types.
+_GGUF_FILES: tuple[str, ...] = GGUF_QUANT_TYPES
 
-STANDARD = ("nf4", "nf4-dq", "rtn-int4-g128", "rtn-int8", "gguf-q4_k_m")
+STANDARD = ("nf4", "nf4-dq", "rtn-int4-g128", "rtn-int8", "gguf-q4_k_m", "Q4_K_M", "Q8_0")
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,7 @@ def get(name: str) -> Variant:
     if name in _GGUF_FILES:
         return Variant(name, "gguf", {"quant_type": name})
     if name.upper() in GGUF_QUANT_TYPES:
-        raise ValueError(f"variant {name!r} is a GGUF file, which needs GGUF export (not in this hfq yet); use "
-                         f"'gguf-{name.lower()}' for an hfq checkpoint with the same GGML types.")
+        return Variant(name.upper(), "gguf", {"quant_type": name.upper()})
     raise ValueError(f"unknown variant {name!r}; allowed: {', '.join(names())}.")
 
 
@@ -80,4 +79,7 @@ def parse(spec: str | list[str]) -> list[Variant]:
         raise ValueError("no variants given; pass e.g. --variants nf4,rtn-int4-g128.")
     if len(set(items)) != len(items):
         raise ValueError(f"variants {items} name one variant twice; list each once.")
-    return [get(s) for s in items]
+    out = [get(s) for s in items]
+    if len({v.name for v in out}) != len(out):
+        raise ValueError(f"variants {items} name one GGUF type twice; list each once.")
+    return out

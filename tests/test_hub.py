@@ -182,3 +182,37 @@ def test_model_push_to_hub_writes_hfq_card(hub, base_dir, tmp_path):
     ids = torch.tensor([[1, 4, 8, 2]])
     with torch.no_grad():
         assert torch.equal(again(ids).logits, model(ids).logits)
+
+
+def test_gguf_files_share_one_repo_and_load(hub, export_dir, tmp_path):
+    """Q4_K_M and Q8_0 files from hfq.export_gguf go together to {repo}-GGUF in one commit, scored by llama.cpp."""
+    import json
+    import shlex
+
+    from hfq.cli import main
+
+    base = export_dir("llama")
+    text = "The quick brown fox jumps over the lazy dog. " * 80
+    records = hfq.push_variants(str(base), "nf4,Q4_K_M,Q8_0", "me/small", out=tmp_path / "w", text=text, ctx=64,
+                                chunks=2, decode_tokens=0)
+    assert [r["repo_id"] for r in records] == ["me/small-nf4", "me/small-GGUF", "me/small-GGUF"]
+    assert len(_commits(hub, "me/small-GGUF")) == 1 and set(hub.repos) == {"me/small-nf4", "me/small-GGUF"}
+    folder = tmp_path / "w" / "small-GGUF"
+    files = sorted(p.name for p in folder.glob("*.gguf"))
+    assert files == ["small-Q4_K_M.gguf", "small-Q8_0.gguf"]
+    snap = snapshot_download("me/small-GGUF", cache_dir=tmp_path / "dl")
+    model = AutoModelForCausalLM.from_pretrained(snap, gguf_file="small-Q8_0.gguf")   # transformers' GGUF loader
+    assert model.config.num_hidden_layers == 2
+    evals = json.loads((folder / "hfq_eval.json").read_text())
+    assert evals["Q8_0"]["kl"] < evals["Q4_K_M"]["kl"]  # 8.5 bits lose less than 4.5
+    card = ModelCard.load("me/small-GGUF")
+    assert card.data.library_name == "gguf" and {"gguf", "q4_k_m", "q8_0"} <= set(card.data.tags)
+    assert "llama-cli -hf me/small-GGUF:Q4_K_M" in card.text and "import hfq" in card.text
+    row = next(ln for ln in card.text.splitlines() if ln.startswith("| Q8_0 |"))
+    assert f"| {evals['Q8_0']['ppl']:.3f} | {evals['Q8_0']['kl']:.4f} |" in row
+    # The card's command remakes the same file.
+    command = next(ln for ln in card.text.splitlines() if ln.startswith("hfq export-gguf") and "Q8_0" in ln)
+    args = shlex.split(command)[1:]
+    args[args.index("--out") + 1] = str(tmp_path / "again.gguf")
+    assert main(args) == 0
+    assert sha256_file(tmp_path / "again.gguf") == sha256_file(folder / "small-Q8_0.gguf")
