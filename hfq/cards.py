@@ -15,6 +15,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from ._resources import resource_dir
 from ._version import __version__
+from .checkpoint import describe
 from .hub import sha256_file
 
 # Decimal places of each number in the card's table.
@@ -70,14 +71,17 @@ def _tags(cfg: dict) -> list[str]:
     return [t for t in ("hfq", "quantized", f"hfq-{method}", width) if t]
 
 
-def make_card(info: dict, *, command: str, base_model: str | None = None, base_name: str | None = None,
+def make_card(info: dict | str | Path, *, command: str, base_model: str | None = None, base_name: str | None = None,
               license: str | None = None, repo_id: str | None = None, results: dict | None = None,
               rows: list[tuple[str, dict]] = (), calibration: str | None = None) -> ModelCard:
     """The card of a quantized folder described by hfq.checkpoint.describe().
 
     base_model: the base's Hub id for the front matter (None for a local base); base_name: how the body names
     it. results: this variant's evaluation; rows: (name, result) for the base and sibling variants, in table
-    order. calibration: a description of the calibration text (None: the method needs none)."""
+    order. calibration: a description of the calibration text (None: the method needs none). info may also be
+    the folder itself."""
+    if not isinstance(info, dict):
+        info = describe(info)
     folder = Path(info["path"])
     cfg = info.get("config") or {}
     base_name = base_name or base_model or "a model"

@@ -19,6 +19,8 @@ def quality_vs_size(rows: list[tuple[str, dict]], path: str | Path, title: str =
     path = Path(path)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     for name, r in rows:
+        if r.get("ppl") is None:  # a GGUF file without llama-cpp-python: size only
+            continue
         mb = r["size"]["bytes"] / 1e6
         marker = "*" if r.get("kl") is None else "o"
         ax1.scatter(mb, r["ppl"], marker=marker, s=90)

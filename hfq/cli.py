@@ -82,7 +82,7 @@ def _build_parser() -> argparse.ArgumentParser:
     u.add_argument("--dry-run", action="store_true", help="make, evaluate and card everything; upload nothing")
 
     d = sub.add_parser("demo", help="quantize the embedded Gemma-3-270M to the standard variants and compare them")
-    d.add_argument("--quick", action="store_true", help="two variants on one chunk (CI); default: the full demo")
+    d.add_argument("--quick", action="store_true", help="three variants on one chunk, no decode timing (CI); default: the full demo")
     d.add_argument("--out", default="hfq-demo", help="output folder (default hfq-demo)")
 
     sub.add_parser("doctor", help="report the environment hfq runs in and which kernels each op uses")

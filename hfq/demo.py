@@ -14,13 +14,14 @@ from .chart import quality_vs_size
 from .publish import base_card_info, prepare
 
 MODEL = "gemma-3-270m"
-QUICK_VARIANTS = ("nf4-dq", "rtn-int4-g128")
+QUICK_VARIANTS = ("nf4-dq", "rtn-int4-g128", "Q4_K_M")
 
 
 def run_demo(out: str | Path = "hfq-demo", quick: bool = False, progress: bool = True) -> dict:
-    """Full: every variant in variants.STANDARD on 4 chunks of 512 tokens (2,048 tokens), decode speed over 16
-    tokens. quick: two variants on one chunk, no decode timing. Returns {"table", "chart", "results", "seconds"}; out/ gets the variant folders, base.json,
-    results.json, table.md and quality_vs_size.png."""
+    """Full: every variant in variants.STANDARD (hfq checkpoints and GGUF files) on 4 chunks of 512 tokens
+    (2,048 tokens), decode speed over 16 tokens. quick: QUICK_VARIANTS on one chunk, no decode timing.
+    Returns {"table", "chart", "results", "seconds"}; out/ gets the variant folders (cards, weights, GGUF files),
+    base.json, results.json, table.md and quality_vs_size.png."""
     t0 = time.perf_counter()
     out = Path(out)
     names = QUICK_VARIANTS if quick else registry.STANDARD
