@@ -73,7 +73,7 @@ def _tags(cfg: dict) -> list[str]:
 
 def make_card(info: dict | str | Path, *, command: str, base_model: str | None = None, base_name: str | None = None,
               license: str | None = None, repo_id: str | None = None, results: dict | None = None,
-              rows: list[tuple[str, dict]] = (), calibration: str | None = None) -> ModelCard:
+              rows: list[tuple[str, dict]] = (), calibration: str | None = None, note: str | None = None) -> ModelCard:
     """The card of a quantized folder described by hfq.checkpoint.describe().
 
     base_model: the base's Hub id for the front matter (None for a local base); base_name: how the body names
@@ -102,7 +102,7 @@ def make_card(info: dict | str | Path, *, command: str, base_model: str | None =
         "modules": [{"name": _text(k), "weights": f"{v['weights']:,}", "bpw": _num(v["bpw"], "bpw")}
                     for k, v in (info.get("modules") or {}).items()],
         "repo_literal": _code(json.dumps(repo_id or str(folder))), "command": _code_lines(command),
-        "calibration": _text(calibration) if calibration else NO_CALIBRATION,
+        "calibration": _text(calibration) if calibration else NO_CALIBRATION, "note": _text(note) if note else "",
         "config_json": _code(json.dumps(cfg, sort_keys=True)), "hfq_version": __version__, "files": files,
     }
     template = (resource_dir("model_cards") / "quantized.md.j2").read_text(encoding="utf-8")
@@ -111,7 +111,8 @@ def make_card(info: dict | str | Path, *, command: str, base_model: str | None =
 
 def make_gguf_card(folder: str | Path, files: list[tuple[str, dict]], *, command: str, base_model: str | None = None,
                    base_name: str | None = None, license: str | None = None, repo_id: str | None = None,
-                   rows: list[tuple[str, dict]] = (), calibration: str | None = None) -> ModelCard:
+                   rows: list[tuple[str, dict]] = (), calibration: str | None = None,
+                   note: str | None = None) -> ModelCard:
     """The card of a {repo}-GGUF folder. files: (file name, hfq.checkpoint.describe_gguf dict) per GGUF type."""
     folder = Path(folder)
     base_name = base_name or base_model or "a model"
@@ -132,6 +133,7 @@ def make_gguf_card(folder: str | Path, files: list[tuple[str, dict]], *, command
         "first_file": _code(json.dumps(files[0][0])), "first_type": _code(types[0]),
         "command": _code_lines(command),
         "calibration": _text(calibration) if calibration else NO_CALIBRATION, "hfq_version": __version__,
+        "note": _text(note) if note else "",
         "files": [(_code(p.name), sha256_file(p)) for p in sorted(folder.iterdir())
                   if p.is_file() and p.name != "README.md" and not p.name.startswith(".")],
     }

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 # The Hub model the embedded GGUF was made from (GGUF general.name "Gemma 3 270m", general.license "gemma").
 EMBEDDED_BASE = {"gemma-3-270m": ("google/gemma-3-270m", "gemma")}
 EVAL_FILE = "hfq_eval.json"
+EMBEDDED_NOTE = ("the embedded base's float weights are the dequantized values of a Q4_K_M GGUF, so a Q4_K variant of "
+                 "it (Q4_K_M, Q4_K_S, gguf-q4_k_m) puts most weights back on their own grid: near-lossless by "
+                 "construction, not evidence of quality.")
 
 
 def _load(model, quantization_config=None):
@@ -216,6 +219,7 @@ def prepare(base: str, variant_names, out: str | Path, *, repo: str | None = Non
         records.append({"variant": v.name, "kind": v.kind, "folder": str(folder), "repo_id": repo_id,
                         "result": result, **({"file": str(gguf_file)} if gguf_file else {})})
     base_id, lic, base_name = base_card_info(str(base))
+    note = EMBEDDED_NOTE if str(base) in EMBEDDED_BASE and any("Q4_K" in v.name.upper() for v in vs) else None
     rows = [(f"{base_name} (float32)", base_result)] + [(r["variant"], r["result"]) for r in records]
     cards = {}
     for r, v in zip(records, vs):
@@ -224,14 +228,14 @@ def prepare(base: str, variant_names, out: str | Path, *, repo: str | None = Non
         cards[r["folder"]] = make_card(
             describe(r["folder"]), command=_reproduce(base, v, r, command), base_model=base_id, base_name=base_name,
             license=lic, repo_id=r["repo_id"] or r["folder"], results=r["result"], rows=rows,
-            calibration=calibration[1] if v.calibrated else None)
+            calibration=calibration[1] if v.calibrated else None, note=note)
     for folder in dict.fromkeys(r["folder"] for r in records if r["kind"] == "gguf"):
         mine = [r for r in records if r["folder"] == folder]
         lines = [f"hfq export-gguf {shlex.quote(str(base))} --type {r['variant']} --out {Path(r['file']).name}"
                  for r in mine] + ([f"# made and evaluated by: {command}"] if command else [])
         cards[folder] = make_gguf_card(folder, [(Path(r["file"]).name, describe_gguf(r["file"])) for r in mine],
                                        command="\n".join(lines), base_model=base_id, base_name=base_name,
-                                       license=lic, repo_id=mine[0]["repo_id"], rows=rows)
+                                       license=lic, repo_id=mine[0]["repo_id"], rows=rows, note=note)
     for folder, card in cards.items():
         tmp = Path(folder) / ".README.md.tmp"
         tmp.write_text(str(card), encoding="utf-8")

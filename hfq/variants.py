@@ -32,7 +32,7 @@ _SAFETENSORS: dict[str, dict] = {
 # GGUF files made by hfq.export_gguf from the float base, named by llama.cpp's file types.
 _GGUF_FILES: tuple[str, ...] = GGUF_QUANT_TYPES
 
-STANDARD = ("nf4", "nf4-dq", "rtn-int4-g128", "rtn-int8", "gguf-q4_k_m", "Q4_K_M", "Q8_0")
+STANDARD = ("nf4", "nf4-dq", "rtn-int4-g128", "rtn-int8", "gguf-q3_k_m", "Q4_K_M", "Q8_0")
 
 
 @dataclass(frozen=True)
