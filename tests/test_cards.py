@@ -79,7 +79,7 @@ def test_table_numbers_are_the_evaluation_json(made):
                 else:
                     assert float(table[name][col]) == round(value, ROUND[key]), (name, col)
         assert results["nf4-dq"]["kl"] > 0 and 0 < results["nf4-dq"]["top1"] <= 1
-        assert f"{results['rtn-int4-g128']['scored_tokens']} scored tokens in 2 chunks of 64" in card.text
+        assert f"{results['rtn-int4-g128']['scored_tokens']} scored tokens in 2 chunk(s) of 64" in card.text
 
 
 def test_front_matter_and_sections(made):
