@@ -203,7 +203,8 @@ def _cmd_push(args) -> int:
     text = Path(args.text).read_text(encoding="utf-8") if args.text else None
     records = push_variants(args.model, args.variants, args.repo, out=out, text=text, ctx=args.ctx,
                             chunks=args.chunks or None, private=args.private, dry_run=args.dry_run,
-                            command=command, resume_command=resume)
+                            command=command, resume_command=resume,
+                            text_name=Path(args.text).name if args.text else None)
     print(markdown_table([(r["variant"], r["result"]) for r in records]))
     for r in records:
         state = "dry run, not uploaded" if args.dry_run else (r["commit_url"] or "up to date, no commit")

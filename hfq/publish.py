@@ -172,7 +172,8 @@ def _write_json(path: Path, data) -> None:
 
 def prepare(base: str, variant_names, out: str | Path, *, repo: str | None = None, text: str | None = None,
             ctx: int = 512, chunks: int | None = 4, progress: bool = True, command: str = "",
-            calibration: tuple[str, str] | None = None, decode_tokens: int = 16) -> list[dict]:
+            calibration: tuple[str, str] | None = None, decode_tokens: int = 16,
+            text_name: str | None = None) -> list[dict]:
     """Quantize, evaluate and card every variant into out/ (see the module doc). Returns one record per variant:
     {variant, folder, repo_id, result}. Reuses finished variant folders with the same fingerprint.
     decode_tokens: greedy tokens timed for decode speed (0 skips it)."""
@@ -185,7 +186,7 @@ def prepare(base: str, variant_names, out: str | Path, *, repo: str | None = Non
     stem = (repo or Path(str(base)).name).rstrip("/").split("/")[-1]
     src = resolve(str(base))
     tok = AutoTokenizer.from_pretrained(src)
-    source = "the given text"
+    source = f"Text from {text_name}" if text_name else "The given text"
     if text is None:
         text, source = default_text()
     key = dict(base=str(base), text=hashlib.sha256(text.encode()).hexdigest(), ctx=ctx, chunks=chunks,
@@ -300,7 +301,8 @@ def _make_gguf(v, src, tok, base_model, windows, folder: Path, source: str, fp: 
 
 def push_variants(base: str, variant_names, repo: str, *, out: str | Path | None = None, text: str | None = None,
                   ctx: int = 512, chunks: int | None = 4, private: bool = False, dry_run: bool = False,
-                  command: str = "", resume_command: str | None = None, decode_tokens: int = 16) -> list[dict]:
+                  command: str = "", resume_command: str | None = None, decode_tokens: int = 16,
+                  text_name: str | None = None) -> list[dict]:
     """Make, evaluate and card each variant (prepare), then upload each repo folder as one commit holding only
     what the Hub lacks. Safetensors variants go to {repo}-{variant}, GGUF files together to {repo}-GGUF. Returns the records, each with
     "commit_url" (None when nothing changed or dry_run). On a failure raises PushError naming what to rerun."""
@@ -308,7 +310,7 @@ def push_variants(base: str, variant_names, repo: str, *, out: str | Path | None
         raise ValueError(f"repo={repo!r} must be 'name' or 'namespace/name'.")
     out = Path(out) if out else Path(f"hfq-push-{repo.replace('/', '--')}")
     records = prepare(base, variant_names, out, repo=repo, text=text, ctx=ctx, chunks=chunks, command=command,
-                      decode_tokens=decode_tokens)
+                      decode_tokens=decode_tokens, text_name=text_name)
     hint = f"Resume with: {resume_command}" if resume_command else (
         f"Resume by calling push_variants again with out={str(out)!r}; only what is missing is uploaded.")
     done: list[str] = []

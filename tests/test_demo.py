@@ -23,7 +23,8 @@ def _check(out, variants, printed):
     assert 10 < base["ppl"] < 60  # Gemma-3-270M on English documentation (README: about 23 at 2,048 tokens)
     for r in results["variants"]:
         res = r["result"]
-        assert res["size"]["bytes"] < 0.5 * base["size"]["bytes"]  # 4-8 bit projections, float embedding
+        # 4-8 bit projections; an hfq checkpoint keeps the 671 MB tied embedding in float, a GGUF file does not
+        assert res["size"]["bytes"] < (0.75 if r["kind"] == "safetensors" else 0.3) * base["size"]["bytes"]
         assert 0 < res["kl"] < 1 and 0.5 < res["top1"] <= 1
         card = ModelCard.load(os.path.join(r["folder"], "README.md"))
         assert card.data.base_model == "google/gemma-3-270m" and card.data.license == "gemma"
