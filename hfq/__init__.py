@@ -9,4 +9,8 @@ from .quantizer import HfqQuantizer, register
 
 register()
 
-__all__ = ["HfqConfig", "HfqQuantizer", "__version__", "export_gguf", "register"]
+from .cards import make_card  # noqa: E402  (after register: these load models through transformers)
+from .publish import evaluate, push_variants  # noqa: E402
+
+__all__ = ["HfqConfig", "HfqQuantizer", "__version__", "evaluate", "export_gguf", "make_card", "push_variants",
+           "register"]

@@ -35,6 +35,27 @@ def read_safetensors_header(path: Path) -> tuple[dict, dict]:
     return header, meta
 
 
+def canonicalize_metadata(folder: str | Path) -> None:
+    """Rewrite each safetensors header's __metadata__ with sorted keys, in place. safetensors writes metadata in
+    a hash order that changes from process to process, so the same tensors would give a different file (and
+    sha256) on every run; sorted, the bytes depend only on the content. The header keeps its length."""
+    for path in _weight_files(Path(folder)):
+        with open(path, "r+b") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            raw = f.read(n)
+            header = json.loads(raw)
+            meta = header.get("__metadata__")
+            if not meta:
+                continue
+            old = json.dumps({"__metadata__": meta}, separators=(",", ":"), ensure_ascii=False)[1:-1].encode()
+            new = json.dumps({"__metadata__": dict(sorted(meta.items()))}, separators=(",", ":"),
+                             ensure_ascii=False)[1:-1].encode()
+            if raw.count(old) != 1 or len(old) != len(new):
+                continue  # not the compact form safetensors writes; leave the file alone
+            f.seek(8)
+            f.write(raw.replace(old, new))
+
+
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.exists():
@@ -92,7 +113,57 @@ def describe(folder: str | Path) -> dict:
         "weight_bytes": total_tensor_bytes,
         "layers": layers,
         "types": _type_summary(layers),
+        "modules": _module_summary(tensors, nbytes, layers),
     }
+
+
+def _module_type(name: str) -> str:
+    """'model.layers.3.self_attn.q_proj' -> 'q_proj'; 'model.embed_tokens' -> 'embed_tokens'."""
+    return name.rsplit(".", 1)[-1]
+
+
+def _module_summary(tensors: dict, nbytes: dict, layers: dict) -> dict:
+    """{module type: {"weights", "bytes", "bpw"}} over every tensor: a quantized layer counts its original
+    out x in weights and all its layout tensors' bytes; a float tensor counts itself under its module."""
+    out: dict[str, dict] = {}
+
+    def add(kind, weights, size):
+        s = out.setdefault(kind, {"weights": 0, "bytes": 0})
+        s["weights"] += weights
+        s["bytes"] += size
+
+    for name, v in layers.items():
+        add(_module_type(name), v["shape"][0] * v["shape"][1], v["bytes"])
+    quant_keys = {f"{n}.{t}" for n in layers for t in _LAYOUT_TENSORS}
+    for key, t in tensors.items():
+        if key not in quant_keys:
+            add(_module_type(key.rsplit(".", 1)[0]) if "." in key else key, _numel(t["shape"]), nbytes[key])
+    for s in out.values():
+        s["bpw"] = 8 * s["bytes"] / s["weights"] if s["weights"] else None
+    return dict(sorted(out.items()))
+
+
+def describe_gguf(path: str | Path) -> dict:
+    """Size of a GGUF file: bytes on disk, bits per weight overall, per GGML type and per tensor kind."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    kinds: dict[str, dict] = {}
+    types: dict[str, dict] = {}
+    for t in reader.tensors:
+        parts = t.name.split(".")
+        kind = parts[2] if parts[0] == "blk" and len(parts) > 2 else parts[0]  # blk.N.attn_q.weight -> attn_q
+        for table, key in ((kinds, kind), (types, t.tensor_type.name)):
+            s = table.setdefault(key, {"weights": 0, "bytes": 0})
+            s["weights"] += int(t.n_elements)
+            s["bytes"] += int(t.n_bytes)
+    for s in (*kinds.values(), *types.values()):
+        s["bpw"] = 8 * s["bytes"] / s["weights"]
+    n = sum(s["weights"] for s in kinds.values())
+    return {"path": str(path), "bytes_on_disk": Path(path).stat().st_size, "parameters": n,
+            "weight_bytes": sum(s["bytes"] for s in kinds.values()),
+            "model_bpw": 8 * sum(s["bytes"] for s in kinds.values()) / n if n else None,
+            "modules": dict(sorted(kinds.items())), "types": dict(sorted(types.items()))}
 
 
 def _type_summary(layers: dict) -> dict:

@@ -1,4 +1,4 @@
-"""The `hfq` command line: quantize, info, importance, eval, export-gguf, doctor."""
+"""The `hfq` command line: quantize, info, importance, eval, export-gguf, push, demo, doctor."""
 
 from __future__ import annotations
 
@@ -70,6 +70,21 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, help="threads for GGUF files in llama.cpp")
     e.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
+    u = sub.add_parser("push", help="make variants, evaluate them, write their cards and upload them to the Hub")
+    u.add_argument("model", help="base model: local folder, Hub id, or an embedded model name (gemma-3-270m)")
+    u.add_argument("--variants", required=True, help="comma-separated names, e.g. nf4,rtn-int4-g128 (see README)")
+    u.add_argument("--repo", required=True, help="repo name stem: namespace/name; each variant goes to NAME-VARIANT")
+    u.add_argument("--text", help="evaluation text file (default: held-out English shipped with Python)")
+    u.add_argument("--ctx", type=int, default=512, help="context per chunk (default 512)")
+    u.add_argument("--chunks", type=int, default=4, help="number of chunks (default 4; 0 = the whole text)")
+    u.add_argument("--out", help="local working folder (default hfq-push-NAMESPACE--NAME); kept for resuming")
+    u.add_argument("--private", action="store_true", help="create the repos private")
+    u.add_argument("--dry-run", action="store_true", help="make, evaluate and card everything; upload nothing")
+
+    d = sub.add_parser("demo", help="quantize the embedded Gemma-3-270M to the standard variants and compare them")
+    d.add_argument("--quick", action="store_true", help="three variants on one chunk, no decode timing (CI); default: the full demo")
+    d.add_argument("--out", default="hfq-demo", help="output folder (default hfq-demo)")
+
     sub.add_parser("doctor", help="report the environment hfq runs in and which kernels each op uses")
     cli_gguf.add_parser(sub)
     return p
@@ -80,7 +95,7 @@ def _cmd_quantize(args) -> int:
 
     from .config import HfqConfig
     from .cards import render_card
-    from .checkpoint import describe
+    from .checkpoint import canonicalize_metadata, describe
     from .models import resolve
 
     if (args.importance or args.calibration) and args.method != "gguf":
@@ -105,6 +120,7 @@ def _cmd_quantize(args) -> int:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         model.save_pretrained(tmp, max_shard_size=args.max_shard_size)
+        canonicalize_metadata(tmp)   # same content, same bytes: the card's sha256s can be reproduced
         try:
             AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
         except (OSError, ValueError) as e:
@@ -150,38 +166,24 @@ def _cmd_importance(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    import resource
+    from .publish import evaluate
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .evaluation import chunks, decode_speed, default_text, evaluate
-    from .models import resolve
-
-    is_gguf = args.model.endswith(".gguf")
-    if args.base is None and is_gguf:
-        raise ValueError("a .gguf file needs --base (the folder or embedded name whose tokenizer and logits to use).")
-    tok_src = resolve(args.base) if args.base else resolve(args.model)
-    tok = AutoTokenizer.from_pretrained(tok_src)
-    text, source = (Path(args.text).read_text(encoding="utf-8"), args.text) if args.text else default_text()
-    windows = chunks(tok, text, args.ctx, args.chunks or None)
-    model = args.model if is_gguf else AutoModelForCausalLM.from_pretrained(resolve(args.model), dtype=torch.float32)
-    base = AutoModelForCausalLM.from_pretrained(tok_src, dtype=torch.float32) if args.base else None
-    result = {"model": args.model, "base": args.base, "text": source, **evaluate(model, windows, base, args.threads)}
-    result["size"] = _size(args.model, is_gguf)
-    if not is_gguf:
-        result["decode_tokens_per_s"] = decode_speed(model, tok)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    text = Path(args.text).read_text(encoding="utf-8") if args.text else None
+    result = evaluate(args.model, args.base, text=text, ctx=args.ctx, chunks=args.chunks or None, threads=args.threads)
+    if args.text:
+        result["text"] = args.text
     if args.json:
         tmp = Path(args.json).with_name(Path(args.json).name + ".tmp")
         tmp.write_text(json.dumps(result, indent=2))
         os.replace(tmp, args.json)
     print(f"{args.model}: ppl {result['ppl']:.3f} over {result['scored_tokens']} tokens "
           f"({result['chunks']} chunks of {result['n_ctx']})")
-    if base is not None:
+    if "kl" in result:
         print(f"  vs {args.base}: KL {result['kl']:.4f}, top-1 agreement {result['top1']:.3f}")
     size = result["size"]
     print(f"  size {size['bytes'] / 1e6:.1f} MB" + (f", {size['bpw']:.3f} bpw" if size.get("bpw") else ""))
+    for kind, m in size["modules"].items():
+        print(f"    {kind:28} {m['weights']:>13,} weights  {m['bpw']:.3f} bpw")
     speed = f"  prefill {result['prefill_tokens_per_s']:.0f} tokens/s"
     if "decode_tokens_per_s" in result:
         speed += f", decode {result['decode_tokens_per_s']:.1f} tokens/s"
@@ -189,20 +191,34 @@ def _cmd_eval(args) -> int:
     return 0
 
 
-def _size(model: str, is_gguf: bool) -> dict:
-    from .checkpoint import describe
-    from .models import resolve
+def _cmd_push(args) -> int:
+    from .cards import markdown_table
+    from .publish import push_variants
 
-    if is_gguf:
-        import gguf
+    out = args.out or f"hfq-push-{args.repo.replace('/', '--')}"
+    argv = sys.argv[1:] if sys.argv[1:2] == ["push"] else ["push", args.model, "--variants", args.variants,
+                                                           "--repo", args.repo]
+    command = "hfq " + " ".join(shlex.quote(a) for a in argv)
+    resume = command if args.out else f"{command} --out {shlex.quote(out)}"
+    text = Path(args.text).read_text(encoding="utf-8") if args.text else None
+    records = push_variants(args.model, args.variants, args.repo, out=out, text=text, ctx=args.ctx,
+                            chunks=args.chunks or None, private=args.private, dry_run=args.dry_run,
+                            command=command, resume_command=resume,
+                            text_name=Path(args.text).name if args.text else None)
+    print(markdown_table([(r["variant"], r["result"]) for r in records]))
+    for r in records:
+        state = "dry run, not uploaded" if args.dry_run else (r["commit_url"] or "up to date, no commit")
+        print(f"{r['repo_id']}: {state}  ({r['folder']})")
+    return 0
 
-        r = gguf.GGUFReader(model)
-        n = sum(int(t.n_elements) for t in r.tensors)
-        nbytes = sum(int(t.n_bytes) for t in r.tensors)
-        return {"bytes": Path(model).stat().st_size, "bpw": 8 * nbytes / n, "parameters": n}
-    info = describe(resolve(model))
-    return {"bytes": info["bytes_on_disk"], "bpw": info["model_bpw"], "quantized_bpw": info["quantized_bpw"],
-            "parameters": info["parameters"], "types": info["types"]}
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    res = run_demo(args.out, quick=args.quick)
+    print(res["table"])
+    print(f"folders, cards and results in {args.out}/; chart {res['chart']}; {res['seconds']:.0f} s")
+    return 0
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -272,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     handler = {"quantize": _cmd_quantize, "info": _cmd_info, "doctor": _cmd_doctor,
-               "importance": _cmd_importance, "eval": _cmd_eval, "export-gguf": cli_gguf.run}[args.command]
+               "importance": _cmd_importance, "eval": _cmd_eval, "export-gguf": cli_gguf.run, "push": _cmd_push,
+               "demo": _cmd_demo}[args.command]
     try:
         return handler(args)
     except (ValueError, OSError, RuntimeError) as e:

@@ -59,6 +59,21 @@ class HfqQuantizer(HfQuantizer):
         cfg.tensor_types = {n: types.get(n, "F16") for n in layers}
         replace_with_hfq_linear(model, cfg, skip, ggml_types=cfg.tensor_types, importance=importance)
 
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        # push_to_hub and save_pretrained(push_to_hub=True) both upload through model._upload_modified_files after
+        # writing transformers' default card; wrap it so the upload carries hfq's card instead.
+        upload = model._upload_modified_files
+        cfg = self.quantization_config
+
+        def upload_with_card(working_dir, repo_id, *args, **kw):
+            from .publish import write_push_card
+
+            write_push_card(working_dir, repo_id, model.config._name_or_path, cfg)
+            return upload(working_dir, repo_id, *args, **kw)
+
+        model._upload_modified_files = upload_with_card
+        return model
+
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
         if self.pre_quantized:
             return False

@@ -9,6 +9,20 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The push tests' Hub (tests/hub_server.py) listens here. huggingface_hub reads HF_ENDPOINT once, when it is first
+# imported, so it is set now, before anything imports it; no test can reach the real Hub.
+os.environ["HFQ_TEST_HUB_PORT"] = str(_free_port())
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{os.environ['HFQ_TEST_HUB_PORT']}"
+
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
 

@@ -1,0 +1,112 @@
+"""Upload a local folder to a Hub repo as one commit holding only what the Hub does not already have.
+
+The token comes only from huggingface_hub itself (HF_TOKEN or `hf auth login`); hfq never takes, stores or logs
+one. Unchanged files are recognised by content: the remote's LFS sha256, or its git blob id for small files.
+Nothing to send means no commit. A network or HTTP failure raises PushError; the local folder is untouched, so
+running the same push again uploads only what is still missing."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+class PushError(RuntimeError):
+    """A push that did not complete; the message says what is kept locally and how to resume."""
+
+
+@dataclass
+class UploadPlan:
+    repo_id: str
+    upload: list[str]       # paths in repo to send
+    unchanged: list[str]    # already on the Hub with the same content
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_blob_id(path: Path) -> str:
+    """git's object id of a file: sha1 over 'blob <size>\\0' + content (what the Hub reports for small files)."""
+    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def local_files(folder: Path) -> dict[str, Path]:
+    """{path in repo: file} for every file under folder, hidden files and folders (temporary ones) excluded."""
+    folder = Path(folder)
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+            out[rel.as_posix()] = p
+    return out
+
+
+def _same(remote, path: Path) -> bool:
+    if remote is None or getattr(remote, "size", None) != path.stat().st_size:
+        return False
+    if getattr(remote, "lfs", None) is not None:
+        return remote.lfs.sha256 == sha256_file(path)
+    return remote.blob_id == git_blob_id(path)
+
+
+def _api():
+    from huggingface_hub import HfApi
+
+    return HfApi()
+
+
+def plan_upload(repo_id: str, folder: Path, api=None) -> UploadPlan:
+    """Which files of folder the repo lacks or holds with other content (a missing repo lacks them all)."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    api = api or _api()
+    files = local_files(folder)
+    try:
+        remote = {f.path: f for f in api.get_paths_info(repo_id, list(files), repo_type="model")}
+    except RepositoryNotFoundError:
+        remote = {}
+    upload = [p for p, f in files.items() if not _same(remote.get(p), f)]
+    return UploadPlan(repo_id, upload, [p for p in files if p not in upload])
+
+
+def upload_folder(folder: Path, repo_id: str, *, private: bool = False, message: str = "Upload with hfq",
+                  resume_hint: str = "") -> str | None:
+    """create_repo(exist_ok=True), then one commit with the missing or changed files. Returns the commit URL, or
+    None when the repo already had everything. Raises PushError (network, HTTP, auth) with resume_hint."""
+    from huggingface_hub import CommitOperationAdd
+
+    api = _api()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        plan = plan_upload(repo_id, folder, api)
+        if not plan.upload:
+            logger.info("hfq: %s is up to date (%d files); no commit", repo_id, len(plan.unchanged))
+            return None
+        files = local_files(folder)
+        logger.info("hfq: %s: uploading %d file(s), %d unchanged", repo_id, len(plan.upload), len(plan.unchanged))
+        ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(files[p])) for p in plan.upload]
+        info = api.create_commit(repo_id, operations=ops, commit_message=message)
+        return info.commit_url
+    except (TypeError, AttributeError, NameError, KeyError, PushError):
+        raise  # bugs, not the network
+    except Exception as e:  # noqa: BLE001 (httpx/httpx2, HfHubHTTPError, auth and OS errors end the same way)
+        raise PushError(f"pushing {repo_id} failed: {_describe(e)}. Nothing local was removed: {folder} is "
+                        f"intact. {resume_hint}".strip()) from e
+
+
+def _describe(e: Exception) -> str:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
