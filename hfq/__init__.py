@@ -5,7 +5,8 @@ from __future__ import annotations
 from ._version import __version__
 from .config import HfqConfig
 from .quantizer import HfqQuantizer, register
+from .standard import save_standard
 
 register()
 
-__all__ = ["HfqConfig", "HfqQuantizer", "__version__", "register"]
+__all__ = ["HfqConfig", "HfqQuantizer", "__version__", "register", "save_standard"]
