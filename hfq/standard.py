@@ -194,8 +194,12 @@ def save_standard(model: nn.Module, out_dir: str | Path, format: str = "gptq", *
     if not layers:
         raise ValueError("the model has no hfq quantized layers; load it with quantization_config=HfqConfig("
                          "method='rtn', ...) or from an hfq checkpoint first.")
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     ints = {}
     for name, m in layers.items():
+        if m is head:
+            raise _fail(name, f"it is the output head, which {fmt.upper()} loaders keep in float",
+                        "requantize with it in modules_to_not_convert (hfq's default)")
         ints[name] = _int_layer(name, m, fmt)
         _check_layer(name, m, ints[name], fmt)
     qc = quantization_config(fmt, model, layers, ints)
