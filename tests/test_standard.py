@@ -268,3 +268,14 @@ def test_cli_export(tiny_llama_dir, tmp_path, capsys):
     assert torch.equal(naive_awq_dequant(t, name, 32), _quantized(model)[name].dequantize_weight(torch.float32))
     assert main(["export", str(tiny_llama_dir), "--format", "gptq", "--out", str(tmp_path / "x")]) == 1
     assert "not an hfq checkpoint" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_tied_embeddings_written_once_and_retied(tiny_llama_tied_dir, tmp_path):
+    model = _hfq(tiny_llama_tied_dir)
+    out = hfq.save_standard(model, tmp_path / "t", "gptq")
+    t = load_file(out / "model.safetensors")
+    assert "lm_head.weight" not in t and torch.equal(t["model.embed_tokens.weight"], model.lm_head.weight)
+    loaded = _load_standard(out)
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    ids = torch.randint(0, 512, (1, 16), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(_logits(loaded, ids), _logits(model, ids), atol=ATOL, rtol=0)
