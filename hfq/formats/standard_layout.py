@@ -31,11 +31,15 @@ def hfq_int_codes(weight: torch.Tensor, bits: int, in_features: int) -> torch.Te
     return unpack_bits(rows, bits, in_features)
 
 
+def _as_int32(w: torch.Tensor) -> torch.Tensor:
+    """int64 words in [0, 2**32) -> the int32 with the same bits."""
+    return torch.where(w >= 2**31, w - 2**32, w).to(torch.int32)
+
+
 def _bytes_to_int32(stream: torch.Tensor) -> torch.Tensor:
     """[..., 4k] uint8 -> [..., k] int32, little-endian whatever the host's byte order."""
     b = stream.reshape(*stream.shape[:-1], -1, 4).to(torch.int64)
-    w = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16) | (b[..., 3] << 24)
-    return torch.where(w >= 2**31, w - 2**32, w).to(torch.int32)
+    return _as_int32(b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16) | (b[..., 3] << 24))
 
 
 def _check_bits(bits: int) -> None:
@@ -68,8 +72,7 @@ def pack_gptq_qzeros(zeros: torch.Tensor, bits: int) -> torch.Tensor:
         return _bitstream_words(((z - 1) & 7).to(torch.uint8), bits, "qzeros (out_features)")
     words = _bitstream_words(z.to(torch.uint8), bits, "qzeros (out_features)").to(torch.int64)
     ones = sum(1 << (bits * j) for j in range(32 // bits))
-    w = (words - ones) % 2**32
-    return torch.where(w >= 2**31, w - 2**32, w).to(torch.int32)
+    return _as_int32((words - ones) % 2**32)
 
 
 def pack_awq(codes: torch.Tensor) -> torch.Tensor:
@@ -79,5 +82,4 @@ def pack_awq(codes: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"AWQ packs 8 values per int32 along out_features; {cols} is not a multiple of 8.")
     grouped = codes.to(torch.int64).reshape(rows, cols // 8, 8)[..., list(AWQ_ORDER)]
     shifts = torch.arange(0, 32, 4, dtype=torch.int64, device=codes.device)
-    w = (grouped << shifts).sum(-1)
-    return torch.where(w >= 2**31, w - 2**32, w).to(torch.int32)
+    return _as_int32((grouped << shifts).sum(-1))
