@@ -6,6 +6,7 @@ from ._version import __version__
 from .config import HfqConfig
 from .gguf.export import export_gguf
 from .quantizer import HfqQuantizer, register
+from .standard import save_standard
 
 register()
 
@@ -13,4 +14,4 @@ from .cards import make_card  # noqa: E402  (after register: these load models t
 from .publish import evaluate, push_variants  # noqa: E402
 
 __all__ = ["HfqConfig", "HfqQuantizer", "__version__", "evaluate", "export_gguf", "make_card", "push_variants",
-           "register"]
+           "register", "save_standard"]

@@ -1,4 +1,4 @@
-"""The `hfq` command line: quantize, info, importance, eval, export-gguf, push, demo, doctor."""
+"""The `hfq` command line: quantize, info, importance, eval, export-gguf, export, push, demo, doctor."""
 
 from __future__ import annotations
 
@@ -85,6 +85,12 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="three variants on one chunk, no decode timing (CI); default: the full demo")
     d.add_argument("--out", default="hfq-demo", help="output folder (default hfq-demo)")
 
+    x = sub.add_parser("export", help="write an hfq int checkpoint as a standard GPTQ or AWQ checkpoint")
+    x.add_argument("model", help="hfq checkpoint folder with integer-grid layers (rtn, gptq, awq)")
+    x.add_argument("--format", required=True, choices=["gptq", "awq"], help="gptq: GPTQ v1; awq: AutoAWQ GEMM")
+    x.add_argument("--out", required=True, help="output folder (written atomically)")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out")
+
     sub.add_parser("doctor", help="report the environment hfq runs in and which kernels each op uses")
     cli_gguf.add_parser(sub)
     return p
@@ -95,7 +101,7 @@ def _cmd_quantize(args) -> int:
 
     from .config import HfqConfig
     from .cards import render_card
-    from .checkpoint import canonicalize_metadata, describe
+    from .checkpoint import canonicalize_metadata, describe, replace_dir
     from .models import resolve
 
     if (args.importance or args.calibration) and args.method != "gguf":
@@ -129,7 +135,7 @@ def _cmd_quantize(args) -> int:
         info["path"] = str(tmp)
         command = "hfq " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "hfq quantize"
         (tmp / "README.md").write_text(render_card(info, args.model, command, str(out)))
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     info = describe(out)
@@ -221,20 +227,23 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move tmp to out; an existing out is kept until the new one is in place."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _cmd_export(args) -> int:
+    from transformers import AutoModelForCausalLM
+
+    from .models import resolve
+    from .standard import save_standard
+
+    src = resolve(args.model)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise ValueError(f"--out {out} exists and is not empty; pass --overwrite or choose another folder.")
+    model = AutoModelForCausalLM.from_pretrained(src, dtype="auto")
+    if getattr(model.config, "quantization_config", None) is None:
+        raise ValueError(f"{args.model} is not an hfq checkpoint (no quantization_config); run `hfq quantize "
+                         "--method rtn` first.")
+    save_standard(model, out, args.format, source_dir=src, overwrite=args.overwrite)
+    print(f"saved {out}: {args.format.upper()} checkpoint")
+    return 0
 
 
 def _cmd_info(args) -> int:
@@ -289,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     handler = {"quantize": _cmd_quantize, "info": _cmd_info, "doctor": _cmd_doctor,
                "importance": _cmd_importance, "eval": _cmd_eval, "export-gguf": cli_gguf.run, "push": _cmd_push,
-               "demo": _cmd_demo}[args.command]
+               "demo": _cmd_demo, "export": _cmd_export}[args.command]
     try:
         return handler(args)
     except (ValueError, OSError, RuntimeError) as e:

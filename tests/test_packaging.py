@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Which hfq modules may import transformers, and which hfq packages each layer may import.
 TRANSFORMERS_ALLOWED = {"config", "integration", "quantizer", "models", "cli", "cli_gguf", "publish", "demo"}
 LAYER = {"_version": 1, "config": 1, "formats": 1, "_resources": 1, "kernels": 2, "nn": 3, "algorithms": 3, "checkpoint": 4,
-         "integration": 4, "gguf": 4, "evaluation": 4, "models": 4, "cards": 4, "hub": 4, "variants": 4, "chart": 4,
+         "integration": 4, "gguf": 4, "evaluation": 4, "models": 4, "cards": 4, "hub": 4, "variants": 4, "chart": 4, "standard": 4,
          "quantizer": 5, "publish": 5, "demo": 5, "cli": 5, "cli_gguf": 5, "__init__": 6}
 
 
