@@ -136,8 +136,11 @@ def layer_grids(model: nn.Module, config: HfqConfig, modules_to_not_convert) -> 
 
 def calibrate_model(model: nn.Module, config: HfqConfig, modules_to_not_convert, tokenizer=None) -> None:
     """GPTQ or AWQ at load time: draw calibration windows, run the decoder block by block, and leave every
-    quantized layer an HfqLinear. Records the calibration (never texts or paths) in config.calibration."""
+    quantized layer an HfqLinear. Records the calibration (never texts or paths) in config.calibration.
+    tokenizer: a tokenizer, or a function returning one (called only when the dataset is text)."""
     items, description = dataset_texts(config.dataset)
+    if callable(tokenizer) and not hasattr(tokenizer, "encode") and isinstance(items[0], str):
+        tokenizer = tokenizer()
     windows = calibration_windows(items, config.n_samples, config.seq_len, config.seed, tokenizer)
     grids = layer_grids(model, config, modules_to_not_convert)
     if not grids:

@@ -66,14 +66,14 @@ class HfqQuantizer(HfQuantizer):
         cfg = self.quantization_config
         if cfg.method not in CALIBRATED or self.pre_quantized:
             return model
-        tokenizer = None
-        if not _pretokenized(cfg.dataset):
+        def tokenizer():
             try:
-                tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
+                return AutoTokenizer.from_pretrained(model.name_or_path)
             except (OSError, ValueError) as e:
                 raise ValueError(f"{cfg.method} needs the model's tokenizer to tokenize its calibration text, and "
                                  f"{model.name_or_path!r} has none ({e}). Save the tokenizer with the model, or "
                                  "pass dataset= as lists of token ids.") from e
+
         calibrate_model(model, cfg, self.modules_to_not_convert, tokenizer)
         return model
 
@@ -109,10 +109,6 @@ class HfqQuantizer(HfQuantizer):
         n = dequantize_model(model, dtype or torch.float32)
         logger.info("hfq: dequantized %d layers", n)
         return model
-
-
-def _pretokenized(dataset) -> bool:
-    return isinstance(dataset, (list, tuple)) and bool(dataset) and not isinstance(dataset[0], str)
 
 
 def register() -> None:
