@@ -12,6 +12,7 @@ over float by >= 50% at 4 bits and >= 60% at 3 bits; the script prints that frac
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import time
@@ -73,11 +74,7 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.awq is None:
-        try:
-            import hfq.algorithms.awq  # noqa: F401
-            args.awq = True
-        except ImportError:
-            args.awq = False
+        args.awq = importlib.util.find_spec("hfq.algorithms.awq") is not None
     logging.basicConfig(level=logging.WARNING)
     path = local_model("gemma-3-270m")
     tok = AutoTokenizer.from_pretrained(path)
