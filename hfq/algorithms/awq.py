@@ -40,6 +40,9 @@ _CHUNK_ELEMS = 1 << 22  # float32 temporaries of at most 16 MB in the clip searc
 class _Arch:
     mlp_norm: str  # the norm whose output feeds gate_proj and up_proj
     norm_offset: float  # the RMSNorm multiplies by (norm_offset + weight)
+    # Norms applied to the attention and MLP outputs (Gemma3): they normalize each token, so the search and the
+    # clip weigh each token's error as the norm does, not by its raw size.
+    post_norms: tuple[str, str] | None = None
 
 
 _ARCHS = {
@@ -48,27 +51,29 @@ _ARCHS = {
     "qwen2": _Arch("post_attention_layernorm", 0.0),
     "qwen3": _Arch("post_attention_layernorm", 0.0),
     # Gemma3: post_attention_layernorm normalizes the attention output; pre_feedforward_layernorm feeds the MLP.
-    "gemma3": _Arch("pre_feedforward_layernorm", 1.0),
-    "gemma3_text": _Arch("pre_feedforward_layernorm", 1.0),
+    "gemma3": _Arch("pre_feedforward_layernorm", 1.0, ("post_attention_layernorm", "post_feedforward_layernorm")),
+    "gemma3_text": _Arch("pre_feedforward_layernorm", 1.0, ("post_attention_layernorm", "post_feedforward_layernorm")),
 }
 SUPPORTED_ARCHS = tuple(sorted(_ARCHS))
 
 
-def scale_groups(block: nn.Module, arch: str) -> list[tuple[str, list[str], str]]:
-    """(prev op, linears that read its output, sub-module whose output the search compares) for the block."""
+def scale_groups(block: nn.Module, arch: str) -> list[tuple[str, list[str], str, str | None]]:
+    """(prev op, linears that read its output, sub-module whose output the search compares, norm applied to that
+    output or None) for each scaling group of the block."""
     spec = _arch(arch)
-    for name in [*_QKV, _O, *_GATE_UP, _DOWN, "input_layernorm", spec.mlp_norm]:
+    attn_post, mlp_post = spec.post_norms or (None, None)
+    for name in [*_QKV, _O, *_GATE_UP, _DOWN, "input_layernorm", spec.mlp_norm, *(spec.post_norms or ())]:
         try:
             block.get_submodule(name)
         except AttributeError:
             raise ValueError(f"arch={arch!r} expects a decoder block with a {name!r} module, which this "
                              f"{type(block).__name__} lacks; pass the model's config.model_type as arch.") from None
     v, o = block.get_submodule("self_attn.v_proj"), block.get_submodule(_O)
-    groups = [("input_layernorm", _QKV, _ATTN)]
+    groups = [("input_layernorm", _QKV, _ATTN, attn_post)]
     # Exact only if o_proj's input channels are v_proj's outputs one to one (no grouped-query sharing).
     if v.out_features == o.in_features:
-        groups.append(("self_attn.v_proj", [_O], _O))
-    groups += [(spec.mlp_norm, _GATE_UP, _MLP), ("mlp.up_proj", [_DOWN], _DOWN)]
+        groups.append(("self_attn.v_proj", [_O], _O, attn_post))
+    groups += [(spec.mlp_norm, _GATE_UP, _MLP, mlp_post), ("mlp.up_proj", [_DOWN], _DOWN, mlp_post)]
     return groups
 
 
@@ -162,9 +167,10 @@ class _Captured:
             self.tokens[inspect].div_(s.to(self.tokens[inspect].device, self.tokens[inspect].dtype))
 
 
-def _run(block: nn.Module, cap: _Captured, inspect: str) -> list[torch.Tensor]:
+def _run(block: nn.Module, cap: _Captured, inspect: str, post: str | None) -> list[torch.Tensor]:
     module = block.get_submodule(inspect)
-    return cap.run_attn(module) if inspect == _ATTN else [_first(module(cap.tokens[inspect]))]
+    out = cap.run_attn(module) if inspect == _ATTN else [_first(module(cap.tokens[inspect]))]
+    return out if post is None else [block.get_submodule(post)(o) for o in out]
 
 
 def _mse(out: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
@@ -190,10 +196,10 @@ def _weight_mean(w: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _search_scale(block, cap, inspect, layers, fake_quant, n_grid, group_size):
+def _search_scale(block, cap, inspect, post, layers, fake_quant, n_grid, group_size):
     """Returns (ratio or None for s = 1, s, loss with s = 1, best loss)."""
     mods = [block.get_submodule(n) for n in layers]
-    ref = _run(block, cap, inspect)
+    ref = _run(block, cap, inspect, post)
     x_mean = cap.input_of(inspect).float().abs().mean(0)
     w_mean = _weight_mean(torch.cat([m.weight for m in mods]), group_size).to(x_mean.device)
     originals = [m.weight.detach().clone() for m in mods]
@@ -209,7 +215,7 @@ def _search_scale(block, cap, inspect, layers, fake_quant, n_grid, group_size):
             for name, m, w0 in zip(layers, mods, originals):
                 sd = s.to(w0.device)
                 m.weight.copy_((fake_quant(name, (w0.float() * sd).to(w0.dtype)).float() / sd).to(w0.dtype))
-            loss = _mse(_run(block, cap, inspect), ref)
+            loss = _mse(_run(block, cap, inspect, post), ref)
             if ratio is None:
                 loss_plain = loss
             if loss < best[2]:
@@ -300,12 +306,12 @@ def awq_block(block: nn.Module, inputs: list[tuple[tuple, dict]], arch: str, fak
         group_size = getattr(fake_quant, "group_size", -1)
     cap = _Captured(block, _kept_calls(inputs, max_tokens))
     summary: dict = {"arch": arch, "scales": {}, "clip": {}, "skipped": []}
-    if not any(p == "self_attn.v_proj" for p, *_ in groups):
+    if not any(g[0] == "self_attn.v_proj" for g in groups):
         v, o = block.get_submodule("self_attn.v_proj"), block.get_submodule(_O)
         summary["skipped"].append(f"self_attn.v_proj -> o_proj: v_proj has {v.out_features} outputs, o_proj "
                                   f"{o.in_features} inputs (grouped-query attention), not foldable exactly")
-    for prev, layers, inspect in groups:
-        ratio, s, plain, best = _search_scale(block, cap, inspect, layers, fake_quant, n_grid, group_size)
+    for prev, layers, inspect, post in groups:
+        ratio, s, plain, best = _search_scale(block, cap, inspect, post, layers, fake_quant, n_grid, group_size)
         if ratio is not None:
             fold_scales(block, arch, prev, layers, s)
             cap.divide(inspect, s)
@@ -313,10 +319,13 @@ def awq_block(block: nn.Module, inputs: list[tuple[tuple, dict]], arch: str, fak
         logger.debug("awq %s -> %s: ratio %s, mse %.3g -> %.3g", prev, layers, ratio, plain, best)
     if clip:
         sources = {n: _ATTN for n in _QKV} | {_O: _O, _DOWN: _DOWN} | {n: _MLP for n in _GATE_UP}
+        posts = dict(zip((_O, _DOWN), _arch(arch).post_norms or (None, None)))
         for name in _CLIPPED:
             x = cap.input_of(sources[name])
             x = x[torch.linspace(0, x.shape[0] - 1, min(clip_tokens, x.shape[0])).long()]
             lin = block.get_submodule(name)
+            if posts.get(name):  # the norm divides each token's output by its RMS: weigh its error the same way
+                x = x * torch.rsqrt(lin(x).float().pow(2).mean(-1, keepdim=True) + 1e-6).to(x.dtype)
             new, stats = clip_weight(name, lin.weight, x, fake_quant, group_size, n_grid)
             lin.weight.copy_(new)
             summary["clip"][name] = stats
