@@ -109,3 +109,18 @@ def test_config_validation():
     d = hfq.HfqConfig(method="gptq", desc_act=True, dataset=["secret text"]).to_dict()
     assert "dataset" not in d and "secret" not in json.dumps(d)
     assert hfq.HfqConfig(**d).act_order
+
+
+@pytest.mark.parametrize("kw", [dict(group_size=32), dict(grid="nf4", group_size=32)], ids=["int4-g32", "nf4-b32"])
+def test_awq_calibrates_saves_and_reloads(tiny_llama_dir, tmp_path, kw):
+    cfg = hfq.HfqConfig(method="awq", dataset=_ids(), n_samples=6, seq_len=64, **kw)
+    q = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=cfg)
+    assert sum(isinstance(m, HfqLinear) for m in q.modules()) == 14
+    x = torch.randint(0, 512, (1, 32))
+    with torch.no_grad():
+        a = q(x).logits
+    q.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["quantization_config"]["method"] == "awq"
+    r = AutoModelForCausalLM.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(r(x).logits, a)

@@ -12,7 +12,6 @@ from torch import nn
 
 from ..nn import HfqLinear
 from .gptq import Hessian, gptq_quantize
-from .grids import decode
 from .layerwise import collect_inputs, linear_groups
 
 logger = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ def fake_quant_fn(grids: dict):
         g = grids.get(name)
         if g is None:
             return w
-        return decode(g, g.rtn(w.detach().float()), *w.shape).to(w.dtype)
+        return g.fake(w.detach()).to(w.dtype)
     return fq
 
 
@@ -76,7 +75,9 @@ def awq_block_step(block: nn.Module, inputs: list, grids: dict, arch: str, prefi
     """AWQ's scale and clip search on the float block, then each linear through its grid's encoder."""
     from .awq import awq_block
 
-    summary = awq_block(block, inputs, arch, fake_quant_fn(grids))
+    # the group the search normalizes and clips by: the grid's group, or the smallest GGML block in this block
+    widths = {g.group_size if g.group_size else g.step for g in grids.values()}
+    summary = awq_block(block, inputs, arch, fake_quant_fn(grids), group_size=min(widths))
     for n, g in grids.items():
         w = block.get_submodule(n).weight.detach().float()
         install(block, n, g, g.rtn(w))

@@ -57,6 +57,14 @@ class IntGrid:
             t["g_idx"] = g_idx.to(torch.int32)
         return t
 
+    def fake(self, w: torch.Tensor) -> torch.Tensor:
+        """Round-to-nearest quantize-dequantize of w [out, in] (the values rtn() stores), float32."""
+        out_f, in_f = w.shape
+        wg = w.float().reshape(out_f, -1, self.group(in_f))
+        scale, zero = int_grid_params(wg, self.bits, self.sym)
+        scale, zero = scale.unsqueeze(-1), zero.unsqueeze(-1)
+        return (scale * (torch.clamp(torch.round(wg / scale) + zero, 0, self.maxq) - zero)).reshape(out_f, in_f)
+
     def rtn(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         t = quantize_layer_weight(w, "rtn", self.bits, self.group_size, self.sym, False)
         if self.act_order:
@@ -110,6 +118,13 @@ class CodebookGrid:
             t["absmax"] = absmax
         return t
 
+    def fake(self, w: torch.Tensor) -> torch.Tensor:
+        if self.double_quant:
+            return decode(self, self.rtn(w), *w.shape)
+        wg = w.float().reshape(-1, self.group_size)
+        q, _ = self.quantize(wg, self.params(wg))
+        return q.reshape(w.shape)
+
     def rtn(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         return quantize_layer_weight(w, self.storage, 4, self.group_size, True, self.double_quant)
 
@@ -140,6 +155,9 @@ class GGMLGrid:
 
     def encode(self, chunks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"weight": torch.cat(chunks, 1).contiguous()}
+
+    def fake(self, w: torch.Tensor) -> torch.Tensor:
+        return dequantize_rows(quantize_rows(w.float(), self.type), self.type, *w.shape)
 
     def rtn(self, w: torch.Tensor, importance: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return {"weight": quantize_rows(w, self.type, importance)}

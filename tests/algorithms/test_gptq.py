@@ -167,3 +167,14 @@ def test_bad_inputs():
         gptq_quantize(torch.randn(4, 256), torch.eye(256), make_grid("gguf", ggml="Q4_K"), desc_act=True)
     with pytest.raises(ValueError, match="needs static_groups=True"):
         gptq_quantize(W, H, make_grid("nf4", group_size=32), desc_act=True)
+
+
+@pytest.mark.parametrize("spec", [dict(storage="rtn", bits=3, group_size=32, sym=False),
+                                  dict(storage="rtn", bits=4, group_size=-1, sym=True),
+                                  dict(storage="nf4", group_size=64), dict(storage="nf4", group_size=64, double_quant=True),
+                                  dict(storage="gguf", ggml="Q3_K")], ids=str)
+def test_fake_quant_equals_decoded_rtn_layout(spec):
+    """AWQ's fake quantizer is exactly the stored round-to-nearest result."""
+    grid = make_grid(**spec)
+    W = torch.randn(8, 256, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(grid.fake(W), decode(grid, grid.rtn(W), 8, 256))
