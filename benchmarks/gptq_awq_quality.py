@@ -71,11 +71,14 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--eval-chunks", type=int, default=4)
     ap.add_argument("--only", nargs="*", help="run only rows whose label contains one of these strings")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.awq is None:
         args.awq = importlib.util.find_spec("hfq.algorithms.awq") is not None
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     path = local_model("gemma-3-270m")
     tok = AutoTokenizer.from_pretrained(path)
     held = pydoc_halves()[1]
