@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from ._version import __version__
 from .config import HfqConfig
+from .gguf.export import export_gguf
 from .quantizer import HfqQuantizer, register
 
 register()
 
-__all__ = ["HfqConfig", "HfqQuantizer", "__version__", "register"]
+__all__ = ["HfqConfig", "HfqQuantizer", "__version__", "export_gguf", "register"]

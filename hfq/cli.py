@@ -1,4 +1,4 @@
-"""The `hfq` command line: quantize, info, doctor."""
+"""The `hfq` command line: quantize, info, importance, eval, export-gguf, doctor."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import cli_gguf
 from .config import CODEBOOK_BLOCK_SIZES, GGUF_QUANT_TYPES, METHODS, RTN_BITS, RTN_GROUP_SIZES
 
 logger = logging.getLogger("hfq")
@@ -80,6 +81,7 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
     sub.add_parser("doctor", help="report the environment hfq runs in and which kernels each op uses")
+    cli_gguf.add_parser(sub)
     return p
 
 
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     handler = {"quantize": _cmd_quantize, "info": _cmd_info, "doctor": _cmd_doctor,
-               "importance": _cmd_importance, "eval": _cmd_eval}[args.command]
+               "importance": _cmd_importance, "eval": _cmd_eval, "export-gguf": cli_gguf.run}[args.command]
     try:
         return handler(args)
     except (ValueError, OSError, RuntimeError) as e:

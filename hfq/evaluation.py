@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .algorithms.calibration import token_windows
+from .gguf.export import check_gguf
 
 
 def pydoc_halves() -> tuple[str, str]:
@@ -98,8 +99,7 @@ def _no_extra_buffers(llama_cpp):
 
 def _runner(model, n_ctx: int, threads: int | None):
     if isinstance(model, (str, Path)) and str(model).endswith(".gguf"):
-        if not Path(model).is_file():
-            raise ValueError(f"GGUF file {str(model)!r} does not exist.")
+        check_gguf(model)
         return GGUFModel(Path(model), n_ctx, threads)
     if not hasattr(model, "parameters"):
         raise ValueError(f"cannot evaluate {model!r}: pass a loaded model or the path of a .gguf file.")

@@ -76,3 +76,46 @@ def gemma_dir():
     from hfq.models import local_model
 
     return local_model("gemma-3-270m")
+
+
+def _export_model(arch: str):
+    """A tiny model with a real tokenizer, rows of 256/512 so k-quants apply without fallbacks."""
+    import transformers as tf
+
+    import tokenizers_tiny as tt
+
+    tok = {"llama": tt.spm_style, "mistral": tt.spm_style, "gemma3": tt.gemma_style}.get(arch, tt.byte_level)()
+    common = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=256)
+    torch.manual_seed(0)
+    if arch == "gemma3":
+        # six layers in llama.cpp's fixed Gemma-3 pattern: five sliding-window layers, then a global one
+        cfg = tf.Gemma3TextConfig(**dict(common, num_hidden_layers=6), head_dim=64, sliding_window=8,
+                                  tie_word_embeddings=True)
+        model = tf.Gemma3ForCausalLM(cfg)
+    else:
+        cls = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM), "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+               "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM), "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM)}[arch]
+        extra = {"attention_bias": arch == "qwen2"} if arch == "qwen2" else {}
+        model = cls[1](cls[0](**common, tie_word_embeddings=arch == "qwen3", **extra))
+    with torch.no_grad():   # nonzero norms and biases, so their transforms are checked
+        for n, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_(torch.randn_like(p) * 0.1 + (0.0 if arch == "gemma3" else 1.0))
+    return model.eval(), tok
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory):
+    """export_dir(arch) -> a saved tiny float model with its tokenizer (llama, mistral, qwen2, qwen3, gemma3)."""
+    made = {}
+
+    def make(arch: str):
+        if arch not in made:
+            model, tok = _export_model(arch)
+            d = tmp_path_factory.mktemp(f"export-{arch}")
+            model.save_pretrained(d)
+            tok.save_pretrained(d)
+            made[arch] = d
+        return made[arch]
+    return make

@@ -1,0 +1,58 @@
+"""`hfq export-gguf`: any model hfq can load (float, or an hfq checkpoint) to a GGUF file llama.cpp runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .config import GGUF_QUANT_TYPES
+
+
+def add_parser(sub) -> None:
+    x = sub.add_parser("export-gguf", help="write a model as a GGUF file for llama.cpp")
+    x.add_argument("model", help="float or hfq folder, Hub id, or an embedded model name (gemma-3-270m)")
+    x.add_argument("--type", dest="quant_type",
+                   help=f"F32, F16 or a llama.cpp file type ({', '.join(GGUF_QUANT_TYPES)}); default: the "
+                        "model's own GGUF type, the closest type for other hfq methods, F16 for float models")
+    x.add_argument("--imatrix-text", metavar="FILE", help="collect importance on this text first (float models)")
+    x.add_argument("--ctx", type=int, default=512, help="importance window in tokens (default 512)")
+    x.add_argument("--chunks", type=int, help="use at most this many importance windows")
+    x.add_argument("--split-max-size", help="split into gguf-split shards of at most this size (e.g. 2G)")
+    x.add_argument("--out", required=True, help="output .gguf (written under a temporary name, then renamed)")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def run(args) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .algorithms.calibration import collect_importance, token_windows
+    from .checkpoint import describe
+    from .gguf.export import export_gguf
+    from .models import resolve
+
+    out = Path(args.out)
+    if out.suffix != ".gguf":
+        raise ValueError(f"--out {out} must end in .gguf.")
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"--out {out} exists; pass --overwrite or choose another name.")
+    src = resolve(args.model)
+    if Path(src).is_dir():
+        describe(src)            # names a truncated or corrupt safetensors file before transformers reads it
+    tok = AutoTokenizer.from_pretrained(src)
+    print(f"loading {args.model} ...", file=sys.stderr)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    importance = None
+    if args.imatrix_text:
+        if getattr(model.config, "quantization_config", None) is not None:
+            raise ValueError("--imatrix-text needs a float model; this one is already quantized.")
+        text = Path(args.imatrix_text).read_text(encoding="utf-8")
+        ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        windows = token_windows(ids, args.ctx, tok.bos_token_id)[:args.chunks]
+        print(f"collecting importance on {len(windows)} windows of {args.ctx} tokens ...", file=sys.stderr)
+        importance = collect_importance(model, windows)
+    files = export_gguf(model, tok, out, quant_type=args.quant_type, importance=importance,
+                        split_max_size=args.split_max_size, name=Path(str(args.model).rstrip("/")).name)
+    size = sum(f.stat().st_size for f in files)
+    print(f"saved {', '.join(str(f) for f in files)}: {size / 1e6:.1f} MB")
+    return 0
