@@ -95,7 +95,7 @@ def main() -> None:
     print(f"{'variant':28} {'ppl':>8} {'KL':>7} {'top-1':>6} {'cut':>6} {'time s':>7}")
     print(f"{'float32':28} {f['ppl']:8.3f} {0:7.4f} {1:6.3f} {'':>6} {'':>7}")
     results = {"float32": {"ppl": f["ppl"]}}
-    for label, kw, ref in rows(args):
+    for label, kw, against in rows(args):
         if args.only and not any(s in label for s in args.only):
             continue
         if kw.get("importance") == "IMP":
@@ -108,8 +108,8 @@ def main() -> None:
         dt = time.perf_counter() - t0
         r = evaluate(m, ev, base=ref, progress=False)
         cut = ""
-        if ref in results:
-            d_ref = results[ref]["ppl"] - f["ppl"]
+        if against in results:
+            d_ref = results[against]["ppl"] - f["ppl"]
             cut = f"{1 - (r['ppl'] - f['ppl']) / d_ref:6.0%}" if d_ref > 0 else ""
         print(f"{label:28} {r['ppl']:8.3f} {r['kl']:7.4f} {r['top1']:6.3f} {cut:>6} {dt:7.1f}", flush=True)
         results[label] = {"ppl": r["ppl"], "kl": r["kl"], "top1": r["top1"], "seconds": dt}
