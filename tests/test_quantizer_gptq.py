@@ -124,3 +124,23 @@ def test_awq_calibrates_saves_and_reloads(tiny_llama_dir, tmp_path, kw):
     r = AutoModelForCausalLM.from_pretrained(tmp_path)
     with torch.no_grad():
         assert torch.equal(r(x).logits, a)
+
+
+def test_gptq_gguf_blocks_export_unchanged_and_text_calibration(export_dir, tmp_path):
+    """Calibration from text through the model's tokenizer; hfq.export_gguf writes GPTQ's GGML blocks as they are."""
+    import gguf
+    import numpy as np
+
+    src = export_dir("gemma3")
+    text = " ".join(f"Sentence {i} is about harbours, winter and the quiet of early mornings." for i in range(60))
+    cfg = hfq.HfqConfig(method="gptq", quant_type="Q4_K_M", dataset=[text], n_samples=4, seq_len=64)
+    model = AutoModelForCausalLM.from_pretrained(src, quantization_config=cfg, dtype=torch.float32)
+    assert model.config.quantization_config.calibration["dataset"] == "1 texts given in Python"
+    from transformers import AutoTokenizer
+
+    path = hfq.export_gguf(model, AutoTokenizer.from_pretrained(src), tmp_path / "m.gguf", progress=False)[0]
+    tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    q = model.model.layers[0].self_attn.v_proj
+    t = tensors["blk.0.attn_v.weight"]
+    assert t.tensor_type.name == q.ggml_type
+    np.testing.assert_array_equal(np.array(t.data).reshape(q.weight.shape), q.weight.detach().numpy())
