@@ -50,13 +50,13 @@ def rows(args):
                                                          desc_act=True), rtn))
         if args.awq:
             out.append((f"AWQ int{b} g128", dict(method="awq", bits=b, group_size=128, sym=args.sym), rtn))
-    if args.nf4:
-        out.append(("NF4-DQ b64", dict(method="nf4", double_quant=True), None))
-        out.append(("GPTQ NF4-DQ b64", dict(method="gptq", grid="nf4", double_quant=True), "NF4-DQ b64"))
     for qt in args.gguf:
         out.append((f"{qt}", dict(method="gguf", quant_type=qt), None))
         out.append((f"{qt} + importance", dict(method="gguf", quant_type=qt, importance="IMP"), qt))
         out.append((f"GPTQ {qt}", dict(method="gptq", quant_type=qt), qt))
+    if args.nf4:
+        out.append(("NF4-DQ b64", dict(method="nf4", double_quant=True), None))
+        out.append(("GPTQ NF4-DQ b64", dict(method="gptq", grid="nf4", double_quant=True), "NF4-DQ b64"))
     return out
 
 
@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--n-samples", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--eval-chunks", type=int, default=4)
-    ap.add_argument("--only", nargs="*", help="run only rows whose label contains one of these strings")
+    ap.add_argument("--only", nargs="*", help="run only the rows with these labels")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -96,7 +96,7 @@ def main() -> None:
     print(f"{'float32':28} {f['ppl']:8.3f} {0:7.4f} {1:6.3f} {'':>6} {'':>7}")
     results = {"float32": {"ppl": f["ppl"]}}
     for label, kw, against in rows(args):
-        if args.only and not any(s in label for s in args.only):
+        if args.only and label not in args.only:
             continue
         if kw.get("importance") == "IMP":
             imp = imp or collect_importance(base, cw)

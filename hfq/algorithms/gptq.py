@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .grids import decode
+
 logger = logging.getLogger(__name__)
 
 BLOCK_SIZE = 128
@@ -112,7 +114,7 @@ def _gptq(W: torch.Tensor, H: torch.Tensor, grid, damp: float, desc_act: bool, s
         logger.warning("gptq %s: falling back to round-to-nearest for this layer (no error feedback). Check its "
                        "calibration activations for inf/NaN or give more calibration windows.", name)
         tensors = grid.rtn(W0.float())
-        return GPTQResult(tensors, _rtn_weight(grid, tensors, W0), float("nan"), None, {"fallback": "rtn"})
+        return GPTQResult(tensors, decode(grid, tensors, *W0.shape), float("nan"), None, {"fallback": "rtn"})
     bs = max(block_size, s)
     if gs and gs < bs and bs % gs:
         bs = gs
@@ -173,8 +175,3 @@ def _one_thread():
     finally:
         torch.set_num_threads(n)
 
-
-def _rtn_weight(grid, tensors, W0) -> torch.Tensor:
-    from .grids import decode
-
-    return decode(grid, tensors, *W0.shape)
