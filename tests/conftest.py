@@ -116,6 +116,9 @@ def export_dir(tmp_path_factory):
             d = tmp_path_factory.mktemp(f"export-{arch}")
             model.save_pretrained(d)
             tok.save_pretrained(d)
+            # as transformers itself saves it for this model type (the class AutoTokenizer picks adds its defaults)
+            from transformers import AutoTokenizer
+            AutoTokenizer.from_pretrained(d).save_pretrained(d)
             made[arch] = d
         return made[arch]
     return make
