@@ -42,6 +42,16 @@ def _build_parser() -> argparse.ArgumentParser:
     q.add_argument("--importance", metavar="FILE", help="gguf: importance vectors from `hfq importance`")
     q.add_argument("--calibration", metavar="TEXT", help="gguf: a text file; importance is collected from it first")
     q.add_argument("--ctx", type=int, default=512, help="calibration window in tokens (default 512)")
+    q.add_argument("--grid", choices=["int", "nf4", "fp4", "gguf"],
+                   help="gptq/awq: grid to round onto (default int; gguf when --quant-type is given)")
+    q.add_argument("--dataset", metavar="FILE", help="gptq/awq: calibration .txt or .jsonl (\"text\" field); "
+                   "default: hfq's built-in text (first half of CPython's pydoc topics)")
+    q.add_argument("--n-samples", type=int, help="gptq/awq: calibration windows (default 128)")
+    q.add_argument("--seq-len", type=int, help="gptq/awq: tokens per window (default 512)")
+    q.add_argument("--seed", type=int, help="gptq/awq: seed that picks the windows (default 0)")
+    q.add_argument("--desc-act", action="store_true", default=None, help="gptq: act-order (stores g_idx)")
+    q.add_argument("--static-groups", action="store_true", default=None, help="gptq: act-order with fixed groups")
+    q.add_argument("--damp-percent", type=float, help="gptq: dampening, fraction of mean diag(H) (default 0.01)")
     q.add_argument("--skip", nargs="+", metavar="MODULE",
                    help="modules kept in float (replaces the defaults: lm_head and tied embeddings)")
     q.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -108,9 +118,13 @@ def _cmd_quantize(args) -> int:
         raise ValueError("--importance and --calibration apply to --method gguf only.")
     if args.importance and args.calibration:
         raise ValueError("give --importance or --calibration, not both.")
+    cal = {k: getattr(args, k) for k in ("grid", "dataset", "n_samples", "seq_len", "seed", "desc_act",
+                                         "static_groups", "damp_percent") if getattr(args, k) is not None}
+    if cal and args.method not in ("gptq", "awq"):
+        raise ValueError(f"--{next(iter(cal)).replace('_', '-')} applies to --method gptq or awq only.")
     cfg = HfqConfig(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
                     double_quant=args.double_quant, modules_to_not_convert=args.skip, quant_type=args.quant_type,
-                    importance=args.importance)
+                    importance=args.importance, **cal)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise ValueError(f"--out {out} exists and is not empty; pass --overwrite or choose another folder.")

@@ -12,7 +12,10 @@ from .formats.ggml_types import FILE_TYPES, QUANT_TYPES
 QUANT_METHOD = "hfq"
 FORMAT_VERSION = 1
 
-METHODS = ("rtn", "nf4", "fp4", "gguf")
+METHODS = ("rtn", "nf4", "fp4", "gguf", "gptq", "awq")
+CALIBRATED = ("gptq", "awq")
+GRIDS = ("int", "nf4", "fp4", "gguf")
+GRID_STORAGE = {"int": "rtn", "nf4": "nf4", "fp4": "fp4", "gguf": "gguf"}
 CODEBOOK_METHODS = ("nf4", "fp4")
 RTN_BITS = (2, 3, 4, 5, 6, 7, 8)
 RTN_GROUP_SIZES = (-1, 16, 32, 64, 128, 256, 512, 1024)
@@ -22,6 +25,11 @@ GGUF_QUANT_TYPES = tuple(FILE_TYPES)
 
 _FIELDS = ("method", "bits", "group_size", "sym", "double_quant", "modules_to_not_convert", "quant_type",
            "importance", "tensor_types")
+# gptq/awq only; `dataset` is never written to config.json (only the `calibration` record is)
+_CAL_FIELDS = ("grid", "desc_act", "static_groups", "damp_percent", "true_sequential", "dataset", "n_samples",
+               "seq_len", "seed", "calibration")
+_CAL_DEFAULTS = {"desc_act": False, "static_groups": False, "damp_percent": 0.01, "true_sequential": True,
+                 "n_samples": 128, "seq_len": 512, "seed": 0}
 
 
 def _allowed(values) -> str:
@@ -46,6 +54,21 @@ class HfqConfig(QuantizationConfigMixin):
         {module name: tensor}. Saved checkpoints record only whether it was used (True).
     tensor_types: gguf only. {module name: GGML type}; filled in at quantization time and saved, so a reload
         builds the same layers. Given by hand, it overrides the mix for the layers it names.
+
+    Calibrated methods, method="gptq" or "awq" (quantized at load time on calibration text, block by block):
+    grid: what the weights are rounded onto. "int" (bits/group_size/sym as for rtn, the default), "nf4"/"fp4"
+        (group_size is the absmax block, double_quant as for nf4), or "gguf" (quant_type, e.g. "Q4_K_M"; the
+        default when quant_type is given). The result is stored in that grid's usual layout.
+    desc_act: gptq only. Quantize columns in order of decreasing activation energy (act-order). With grid
+        "int" the groups follow that order and each layer stores g_idx; static_groups=True keeps contiguous
+        groups (needed for nf4/fp4). Not possible with GGUF blocks.
+    damp_percent: gptq dampening, as a fraction of the Hessian's mean diagonal (default 0.01).
+    true_sequential: gptq; quantize q/k/v, then o, then gate/up, then down, recomputing inputs after each.
+    dataset: calibration text: a list of strings (or of token-id lists), a local .txt or .jsonl ("text" field)
+        file, or a local datasets.Dataset with a "text" column. None uses the built-in default (the first half of
+        CPython's pydoc topics). Never saved; config.json gets `calibration`, a description without texts or paths.
+    n_samples, seq_len, seed: how many token windows of how many tokens, drawn without overlap by seed
+        (defaults 128, 512, 0).
     """
 
     def __init__(
@@ -62,10 +85,12 @@ class HfqConfig(QuantizationConfigMixin):
         **kwargs: Any,
     ):
         kwargs.pop("quant_method", None)
+        for name in _CAL_FIELDS:
+            setattr(self, name, kwargs.pop(name, None))
         version = kwargs.pop("hfq_format_version", FORMAT_VERSION)
         if kwargs:
             raise ValueError(
-                f"HfqConfig got unknown argument(s) {sorted(kwargs)}; allowed: {', '.join(_FIELDS)}."
+                f"HfqConfig got unknown argument(s) {sorted(kwargs)}; allowed: {', '.join(_FIELDS + _CAL_FIELDS)}."
             )
         if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
             raise ValueError(
@@ -97,9 +122,20 @@ class HfqConfig(QuantizationConfigMixin):
             v = getattr(self, name)
             if v is not None and not isinstance(v, bool):
                 raise ValueError(f"{name}={v!r} must be True or False.")
+        if m in CALIBRATED:
+            self._validate_calibrated()
+            return
+        given = [n for n in _CAL_FIELDS if getattr(self, n) is not None]
+        if given:
+            raise ValueError(f"{given[0]}={getattr(self, given[0])!r} applies to method='gptq' or 'awq' only; "
+                             "drop it or use a calibrated method.")
         if m == "gguf":
             self._validate_gguf()
             return
+        self._validate_and_fill_plain()
+
+    def _validate_and_fill_plain(self) -> None:
+        m = self.method
         for name in ("quant_type", "importance", "tensor_types"):
             if getattr(self, name) not in (None, False):
                 raise ValueError(f"{name} applies to method='gguf' only; drop it or use method='gguf'.")
@@ -172,6 +208,65 @@ class HfqConfig(QuantizationConfigMixin):
             self.tensor_types = {k: v.upper() for k, v in tt.items()}
         self._validate_modules()
 
+    def _validate_calibrated(self) -> None:
+        m = self.method
+        for k, v in _CAL_DEFAULTS.items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+        for k in ("desc_act", "static_groups", "true_sequential"):
+            if not isinstance(getattr(self, k), bool):
+                raise ValueError(f"{k}={getattr(self, k)!r} must be True or False.")
+        for k, lo in (("n_samples", 1), ("seq_len", 8), ("seed", 0)):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{k}={v!r} must be an int >= {lo}.")
+        d = self.damp_percent
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d <= 1:
+            raise ValueError(f"damp_percent={d!r} must be a number in (0, 1]; 0.01 is GPTQ's default.")
+        self.damp_percent = float(d)
+        if self.grid is None:
+            self.grid = "gguf" if self.quant_type is not None else "int"
+        if self.grid not in GRIDS:
+            raise ValueError(f"grid={self.grid!r} is not a grid for method={m!r}; allowed: {_allowed(GRIDS)}.")
+        if m == "awq" and (self.desc_act or self.static_groups):
+            raise ValueError("desc_act/static_groups apply to method='gptq' only; AWQ keeps column order. Drop them.")
+        if self.importance not in (None, False):
+            raise ValueError(f"importance does not apply to method={m!r}: it calibrates from `dataset` itself. "
+                             "Drop importance, or use method='gguf' with it.")
+        self.importance = None
+        if self.calibration is not None and not isinstance(self.calibration, dict):
+            raise ValueError(f"calibration={self.calibration!r} is written by hfq; do not set it by hand.")
+        if self.grid == "gguf":
+            if self.desc_act:
+                raise ValueError("desc_act=True cannot be used with GGUF blocks (a block is 32 or 256 contiguous "
+                                 "columns); drop desc_act.")
+            saved, self.method = self.method, "gguf"
+            try:
+                self._validate_gguf()
+            finally:
+                self.method = saved
+            return
+        if self.quant_type is not None or self.tensor_types is not None:
+            raise ValueError(f"quant_type/tensor_types apply to grid='gguf'; grid={self.grid!r} was given.")
+        saved, self.method = self.method, {"int": "rtn"}.get(self.grid, self.grid)
+        try:
+            self._validate_and_fill_plain()
+        finally:
+            self.method = saved
+        if self.grid in ("nf4", "fp4") and self.desc_act and not self.static_groups:
+            raise ValueError(f"desc_act=True with grid={self.grid!r} needs static_groups=True: the {self.grid} "
+                             "layout has no g_idx to reorder groups.")
+
+    @property
+    def storage(self) -> str:
+        """The layout the layers are stored in: rtn (integers), nf4, fp4 or gguf."""
+        return GRID_STORAGE[self.grid] if self.method in CALIBRATED else self.method
+
+    @property
+    def act_order(self) -> bool:
+        """Whether integer layers carry g_idx (gptq desc_act without static groups)."""
+        return self.method == "gptq" and self.grid == "int" and bool(self.desc_act) and not self.static_groups
+
     @property
     def has_importance(self) -> bool:
         return self.importance not in (None, False)
@@ -180,6 +275,13 @@ class HfqConfig(QuantizationConfigMixin):
     def to_dict(self) -> dict[str, Any]:
         d = {"quant_method": self.quant_method, "hfq_format_version": self.hfq_format_version}
         d.update({k: copy.deepcopy(getattr(self, k)) for k in _FIELDS if k != "importance"})
+        if self.method in CALIBRATED:
+            d.update({k: copy.deepcopy(getattr(self, k)) for k in _CAL_FIELDS if k != "dataset"})
+            d.pop("importance", None)
+            if self.grid != "gguf":
+                d.pop("quant_type", None)
+                d.pop("tensor_types", None)
+            return d
         if self.method == "gguf":
             d["importance"] = self.has_importance   # vectors and local paths never go into config.json
         else:
@@ -191,7 +293,15 @@ class HfqConfig(QuantizationConfigMixin):
         return self.to_dict()
 
     def short_name(self) -> str:
-        """A name for file and repo suffixes, e.g. 'rtn-int4-g128-sym' or 'nf4-dq-b64'."""
+        """A name for file and repo suffixes, e.g. 'rtn-int4-g128-sym', 'nf4-dq-b64' or 'gptq-int4-g128-sym-act'."""
+        if self.method in CALIBRATED:
+            if self.grid == "gguf":
+                return f"{self.method}-{self.quant_type.lower()}"
+            if self.grid == "int":
+                g = "pc" if self.group_size == -1 else f"g{self.group_size}"
+                act = "-act" if self.desc_act else ""
+                return f"{self.method}-int{self.bits}-{g}-{'sym' if self.sym else 'asym'}{act}"
+            return f"{self.method}-{self.grid}{'-dq' if self.double_quant else ''}-b{self.group_size}"
         if self.method == "gguf":
             return f"gguf-{self.quant_type.lower()}{'-imat' if self.has_importance else ''}"
         if self.method == "rtn":

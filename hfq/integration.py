@@ -11,16 +11,25 @@ from transformers.core_model_loading import ConversionOps
 from transformers.quantizers.quantizers_utils import get_module_from_name, should_convert_module
 
 from .algorithms import quantize_layer_weight
+from .algorithms.calibrated import awq_block_step, gptq_block, install
+from .algorithms.calibration import calibration_windows, dataset_texts
 from .algorithms.ggml_quant import quantize_rows
+from .algorithms.grids import make_grid
+from .algorithms.layerwise import calibrate_blocks, find_blocks
 from .config import HfqConfig
+from .formats.layouts import check_shape
+from .gguf import mixes
 from .nn import HfqLinear
 
 logger = logging.getLogger(__name__)
 
 
 def layer_kwargs(config: HfqConfig) -> dict:
-    return dict(method=config.method, bits=config.bits, group_size=config.group_size,
-                sym=bool(config.sym), double_quant=bool(config.double_quant))
+    kw = dict(method=config.storage, bits=config.bits, group_size=config.group_size,
+              sym=bool(config.sym), double_quant=bool(config.double_quant))
+    if config.act_order:
+        kw["act_order"] = True
+    return kw
 
 
 def convertible_linears(model: nn.Module, modules_to_not_convert: list[str] | None) -> dict[str, int]:
@@ -103,3 +112,65 @@ def dequantize_model(model: nn.Module, dtype: torch.dtype) -> int:
         model.set_submodule(name, lin)
         count += 1
     return count
+
+
+def layer_grids(model: nn.Module, config: HfqConfig, modules_to_not_convert) -> dict:
+    """{module name: grid} for a calibrated method; for grid 'gguf' also fills config.tensor_types by the mix."""
+    layers = convertible_linears(model, modules_to_not_convert)
+    if config.grid == "gguf":
+        types = mixes.plan(config.quant_type, layers, mixes.model_shape(model.config))
+        types.update({k: v for k, v in (config.tensor_types or {}).items() if k in layers})
+        config.tensor_types = {n: types.get(n, "F16") for n in layers}
+        return {n: make_grid("gguf", ggml=t) for n, t in config.tensor_types.items() if t != "F16"}
+    grid = make_grid(config.storage, config.bits, config.group_size, bool(config.sym), bool(config.double_quant),
+                     act_order=config.act_order)
+    for n, in_f in layers.items():
+        m = model.get_submodule(n)
+        try:
+            check_shape(config.storage, m.out_features, in_f, config.bits, config.group_size)
+            grid.group(in_f)
+        except ValueError as e:
+            raise ValueError(f"cannot quantize layer {n!r} [{m.out_features}x{in_f}]: {e}") from e
+    return {n: grid for n in layers}
+
+
+def calibrate_model(model: nn.Module, config: HfqConfig, modules_to_not_convert, tokenizer=None) -> None:
+    """GPTQ or AWQ at load time: draw calibration windows, run the decoder block by block, and leave every
+    quantized layer an HfqLinear. Records the calibration (never texts or paths) in config.calibration.
+    tokenizer: a tokenizer, or a function returning one (called only when the dataset is text)."""
+    items, description = dataset_texts(config.dataset)
+    if callable(tokenizer) and not hasattr(tokenizer, "encode") and isinstance(items[0], str):
+        tokenizer = tokenizer()
+    windows = calibration_windows(items, config.n_samples, config.seq_len, config.seed, tokenizer)
+    grids = layer_grids(model, config, modules_to_not_convert)
+    if not grids:
+        raise ValueError(f"no nn.Linear layer of {type(model).__name__} was left to quantize with "
+                         f"{config.short_name()} (modules_to_not_convert={modules_to_not_convert}).")
+    prefix, blocks = find_blocks(model)
+    arch = getattr(model.config, "model_type", "")
+    logger.info("hfq: %s on %d layers in %d blocks; calibration: %s, %d windows of %d tokens, seed %d",
+                config.short_name(), len(grids), len(blocks), description, len(windows), config.seq_len,
+                config.seed)
+
+    def process(i, block_prefix, block, inputs):
+        mine = {n[len(block_prefix) + 1:]: g for n, g in grids.items() if n.startswith(block_prefix + ".")}
+        if config.method == "gptq":
+            return gptq_block(block, inputs, mine, config.damp_percent, config.desc_act, config.static_groups,
+                              config.true_sequential, block_prefix)
+        return awq_block_step(block, inputs, mine, arch, block_prefix)
+
+    was_training = model.training
+    model.eval()
+    try:
+        calibrate_blocks(model, windows, process, desc=config.method)
+    finally:
+        model.train(was_training)
+    rest = [n for n in grids if type(model.get_submodule(n)) is nn.Linear]
+    for n in rest:   # layers outside the decoder blocks (e.g. an untied lm_head the user chose to quantize)
+        parent, _, child = n.rpartition(".")
+        w = model.get_submodule(n).weight.detach().float()
+        install(model.get_submodule(parent) if parent else model, child, grids[n], grids[n].rtn(w))
+    if rest:
+        logger.info("hfq: %d layer(s) outside the decoder blocks were rounded to nearest: %s", len(rest), rest[:4])
+    config.calibration = {"dataset": description, "n_samples": len(windows), "seq_len": config.seq_len,
+                          "seed": config.seed}

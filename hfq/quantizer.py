@@ -7,13 +7,14 @@ import json
 import logging
 
 import torch
+from transformers import AutoTokenizer
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 
-from .config import FORMAT_VERSION, QUANT_METHOD, HfqConfig
+from .config import CALIBRATED, FORMAT_VERSION, QUANT_METHOD, HfqConfig
 from .algorithms.calibration import load_importance
 from .gguf import mixes
-from .integration import HfqQuantize, convertible_linears, dequantize_model, replace_with_hfq_linear
+from .integration import HfqQuantize, calibrate_model, convertible_linears, dequantize_model, replace_with_hfq_linear
 from .nn import HfqLinear
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,9 @@ class HfqQuantizer(HfQuantizer):
         cfg = self.quantization_config
         skip = self.get_modules_to_not_convert(model, cfg.modules_to_not_convert, model._keep_in_fp32_modules)
         self.modules_to_not_convert = skip
-        if cfg.method != "gguf":
+        if cfg.method in CALIBRATED and not self.pre_quantized:
+            return   # the float weights load as they are; calibration runs after loading
+        if cfg.storage != "gguf":
             replace_with_hfq_linear(model, cfg, skip)
             return
         layers = convertible_linears(model, skip)
@@ -60,10 +63,10 @@ class HfqQuantizer(HfQuantizer):
         replace_with_hfq_linear(model, cfg, skip, ggml_types=cfg.tensor_types, importance=importance)
 
     def _process_model_after_weight_loading(self, model, **kwargs):
+        cfg = self.quantization_config
         # push_to_hub and save_pretrained(push_to_hub=True) both upload through model._upload_modified_files after
         # writing transformers' default card; wrap it so the upload carries hfq's card instead.
         upload = model._upload_modified_files
-        cfg = self.quantization_config
 
         def upload_with_card(working_dir, repo_id, *args, **kw):
             from .publish import write_push_card
@@ -72,6 +75,18 @@ class HfqQuantizer(HfQuantizer):
             return upload(working_dir, repo_id, *args, **kw)
 
         model._upload_modified_files = upload_with_card
+        if cfg.method not in CALIBRATED or self.pre_quantized:
+            return model
+
+        def tokenizer():
+            try:
+                return AutoTokenizer.from_pretrained(model.name_or_path)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{cfg.method} needs the model's tokenizer to tokenize its calibration text, and "
+                                 f"{model.name_or_path!r} has none ({e}). Save the tokenizer with the model, or "
+                                 "pass dataset= as lists of token ids.") from e
+
+        calibrate_model(model, cfg, self.modules_to_not_convert, tokenizer)
         return model
 
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:

@@ -6,6 +6,8 @@ its weighted quantizers read. Collect it on the float model, save it, then quant
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -92,3 +94,107 @@ def load_importance(source) -> dict[str, torch.Tensor]:
     if bad:
         raise ValueError(f"importance file {str(path)!r} has negative or non-finite values for {bad[:3]}.")
     return data
+
+
+# Calibration windows for GPTQ/AWQ -----------------------------------------------------------------------------
+
+DEFAULT_DATASET = ("hfq built-in: CPython pydoc_data.topics, first half of the topics (Python Software Foundation "
+                   "License); held-out evaluation uses the second half")
+
+
+def _default_texts() -> list[str]:
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)   # the same split as hfq.evaluation.pydoc_halves (first half)
+    return ["\n\n".join(topics[n] for n in names[: len(names) // 2])]
+
+
+def dataset_texts(dataset) -> tuple[list, str]:
+    """(items, description) for a calibration source. Items are strings or 1-D token-id sequences.
+
+    dataset: None (the built-in default), a list of strings or of token-id lists/tensors, a local .txt file
+    (the whole file), a local .jsonl file (one JSON object per line with a "text" field), or a local
+    `datasets.Dataset` with a "text" column. The description never holds texts or local paths."""
+    if dataset is None:
+        logger.info("calibration: no dataset given; using the built-in default (%s)", DEFAULT_DATASET)
+        return _default_texts(), DEFAULT_DATASET
+    if isinstance(dataset, (str, os.PathLike)):
+        path = Path(dataset)
+        if not path.is_file():
+            raise ValueError(f"calibration dataset file {str(path)!r} does not exist; pass a .txt or .jsonl file, "
+                             "a list of strings, or a datasets.Dataset.")
+        raw = path.read_bytes()
+        digest = hashlib.sha256(raw).hexdigest()[:12]
+        if path.suffix.lower() == ".jsonl":
+            items = []
+            for i, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"calibration file line {i} is not JSON ({e}); each line must be an object "
+                                     "with a \"text\" field.") from None
+                if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                    raise ValueError(f"calibration file line {i} has no string \"text\" field.")
+                items.append(obj["text"])
+            return _nonempty(items), f"local .jsonl file (\"text\" field, {len(items)} records, sha256 {digest})"
+        if path.suffix.lower() != ".txt":
+            raise ValueError(f"calibration file {path.name!r} must end in .txt or .jsonl.")
+        return _nonempty([raw.decode("utf-8")]), f"local .txt file (sha256 {digest})"
+    if hasattr(dataset, "column_names") and hasattr(dataset, "__getitem__"):   # a datasets.Dataset, duck-typed
+        if "text" not in dataset.column_names:
+            raise ValueError(f"the datasets.Dataset has columns {dataset.column_names}; it needs a \"text\" column.")
+        info = getattr(dataset, "info", None)
+        name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None) or "unnamed"
+        split = getattr(dataset, "split", None)
+        return (_nonempty(list(dataset["text"])),
+                f"datasets.Dataset {name}{f' split {split}' if split else ''} ({len(dataset)} rows)")
+    if isinstance(dataset, (list, tuple)):
+        items = list(dataset)
+        if items and all(isinstance(x, str) for x in items):
+            return _nonempty(items), f"{len(items)} texts given in Python"
+        if items and all(isinstance(x, (list, tuple, torch.Tensor)) for x in items):
+            return items, f"{len(items)} token sequences given in Python"
+        if not items:
+            _nonempty(items)
+    raise ValueError(f"dataset of type {type(dataset).__name__} is not a calibration source; pass a list of "
+                     "strings, a .txt/.jsonl path, or a datasets.Dataset.")
+
+
+def _nonempty(texts: list[str]) -> list[str]:
+    if not any(t.strip() for t in texts):
+        raise ValueError("the calibration dataset is empty (no non-blank text); give at least a few thousand "
+                         "tokens of text like the model's use, or pass dataset=None for the built-in default.")
+    return texts
+
+
+def calibration_windows(items: list, n_samples: int, seq_len: int, seed: int,
+                        tokenizer=None, bos_id: int | None = None) -> list[torch.Tensor]:
+    """n_samples windows [1, seq_len] drawn without overlap from the token stream of `items`, chosen by `seed`.
+
+    Strings are tokenized (joined by blank lines, one stream); token sequences are concatenated. The first token
+    of every window is BOS when the tokenizer has one, as in llama.cpp's calibration and evaluation."""
+    if n_samples < 1 or seq_len < 2:
+        raise ValueError(f"n_samples={n_samples} and seq_len={seq_len} must be at least 1 and 2.")
+    if isinstance(items[0], str):
+        if tokenizer is None:
+            raise ValueError("calibration texts need a tokenizer; the model folder has none. Pass token ids.")
+        ids = tokenizer("\n\n".join(items), return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+        bos_id = getattr(tokenizer, "bos_token_id", None) if bos_id is None else bos_id
+    else:
+        ids = torch.cat([torch.as_tensor(x, dtype=torch.long).reshape(-1) for x in items])
+    have = ids.numel() // seq_len
+    if have < n_samples:
+        raise ValueError(f"the calibration data has {ids.numel()} tokens: {have} windows of seq_len={seq_len}, "
+                         f"but n_samples={n_samples} were asked. Give more text, or lower n_samples or seq_len "
+                         f"(n_samples*seq_len must be at most {ids.numel()}).")
+    g = torch.Generator().manual_seed(seed)
+    slots = torch.randperm(have, generator=g)[:n_samples].sort().values
+    windows = []
+    for s in slots.tolist():
+        w = ids[s * seq_len:(s + 1) * seq_len].clone()
+        if bos_id is not None:
+            w[0] = bos_id
+        windows.append(w.unsqueeze(0))
+    return windows

@@ -4,7 +4,9 @@ rtn (bits b, group g, G = in/g groups per row):
   weight  uint8   [out, G, g*b/8]   codes q in [0, 2**b-1], little-endian bitstream per group
   scales  float16 [out, G]
   zeros   uint8   [out, G]          asymmetric only; symmetric uses zero = 2**(b-1)
-  meaning: w = scales * (q - zero)
+  g_idx   int32   [in]              act-order (GPTQ desc_act) only: column c belongs to group g_idx[c];
+                                    codes stay in original column order, packed in chunks of g columns
+  meaning: w = scales * (q - zero); with g_idx, w[:, c] = scales[:, g_idx[c]] * (q[:, c] - zero[:, g_idx[c]])
 
 nf4 / fp4 (block B over the row-major flattened weight, nb = ceil(out*in/B) blocks):
   weight  uint8   [nb, B/2]         4-bit codes, first in the high nibble (bitsandbytes order), tail zero-padded
@@ -69,7 +71,7 @@ def check_shape(method: str, out_features: int, in_features: int, bits: int, gro
 
 
 def layer_specs(method: str, out_features: int, in_features: int, bits: int, group_size: int,
-                sym: bool, double_quant: bool, ggml: str | None = None) -> list[TensorSpec]:
+                sym: bool, double_quant: bool, ggml: str | None = None, act_order: bool = False) -> list[TensorSpec]:
     check_shape(method, out_features, in_features, bits, group_size, ggml)
     if method == "gguf":
         return [TensorSpec("weight", (out_features, row_bytes(ggml, in_features)), torch.uint8)]
@@ -80,7 +82,11 @@ def layer_specs(method: str, out_features: int, in_features: int, bits: int, gro
                  TensorSpec("scales", (out_features, G), torch.float16)]
         if not sym:
             specs.append(TensorSpec("zeros", (out_features, G), torch.uint8))
+        if act_order:
+            specs.append(TensorSpec("g_idx", (in_features,), torch.int32))
         return specs
+    if act_order:
+        raise ValueError(f"act-order (g_idx) is stored only with integer grids, not with method={method!r}.")
     nb = -(-(out_features * in_features) // group_size)
     specs = [TensorSpec("weight", (nb, group_size // 2), torch.uint8)]
     if double_quant:

@@ -76,7 +76,7 @@ def file_type_for(model, quant_type: str | None) -> str:
     if method is None:
         logger.info("float model and no quant_type: writing F16 (pass quant_type='Q4_K_M' etc. to quantize)")
         return "F16"
-    if method == "gguf":
+    if method == "gguf" or cfg.get("grid") == "gguf":   # gptq/awq into GGUF blocks keep their file type
         return cfg["quant_type"]
     if method == "rtn" and cfg.get("group_size") == 32 and cfg.get("sym") and cfg.get("bits") in (4, 8):
         return "Q4_0" if cfg["bits"] == 4 else "Q8_0"
@@ -109,7 +109,8 @@ class _Plan:
         self.arch = gguf_arch(self.model_type)
         self.shape = mixes.model_shape(model.config) if file_type in FILE_TYPES else None
         cfg = _hfq_config(model)
-        self.requant_gguf = cfg.get("method") == "gguf" and file_type != cfg.get("quant_type")
+        self.requant_gguf = ((cfg.get("method") == "gguf" or cfg.get("grid") == "gguf")
+                             and file_type != cfg.get("quant_type"))
         if self.requant_gguf:
             logger.warning("the model holds %s blocks; writing %s requantizes them (a second rounding)",
                            cfg.get("quant_type"), file_type)

@@ -1,10 +1,10 @@
 """Every hfq op: one schema and one fake (shape/dtype) function each. Native kernels add device impls only.
 
 Ops (meaning of the tensors in hfq.formats.layouts):
-  dequantize_int(weight, scales, zeros?, bits, dtype)                  -> [out, in]
+  dequantize_int(weight, scales, zeros?, bits, dtype, g_idx?)          -> [out, in]   (g_idx: act-order groups)
   dequantize_4bit(weight, absmax, code, shape, dtype)                  -> shape
   dequantize_8bit_blockwise(codes, absmax, code, blocksize)            -> float32, codes.shape
-  linear_int(x, weight, scales, zeros?, bits, bias?)                   -> [..., out]
+  linear_int(x, weight, scales, zeros?, bits, bias?, g_idx?)           -> [..., out]
   linear_4bit(x, weight, absmax, code, shape, bias?)                   -> [..., shape[0]]
   dequantize_ggml(weight, qtype, in_features, dtype)                   -> [out, in_features]
   linear_ggml(x, weight, qtype, in_features, bias?)                    -> [..., out]
@@ -18,10 +18,12 @@ import torch
 NAMESPACE = "hfq"
 
 SCHEMAS = {
-    "dequantize_int": "(Tensor weight, Tensor scales, Tensor? zeros, int bits, ScalarType dtype) -> Tensor",
+    "dequantize_int": ("(Tensor weight, Tensor scales, Tensor? zeros, int bits, ScalarType dtype, "
+                       "Tensor? g_idx=None) -> Tensor"),
     "dequantize_4bit": "(Tensor weight, Tensor absmax, Tensor code, int[] shape, ScalarType dtype) -> Tensor",
     "dequantize_8bit_blockwise": "(Tensor codes, Tensor absmax, Tensor code, int blocksize) -> Tensor",
-    "linear_int": "(Tensor x, Tensor weight, Tensor scales, Tensor? zeros, int bits, Tensor? bias) -> Tensor",
+    "linear_int": ("(Tensor x, Tensor weight, Tensor scales, Tensor? zeros, int bits, Tensor? bias, "
+                   "Tensor? g_idx=None) -> Tensor"),
     "linear_4bit": "(Tensor x, Tensor weight, Tensor absmax, Tensor code, int[] shape, Tensor? bias) -> Tensor",
     "dequantize_ggml": "(Tensor weight, str qtype, int in_features, ScalarType dtype) -> Tensor",
     "linear_ggml": "(Tensor x, Tensor weight, str qtype, int in_features, Tensor? bias) -> Tensor",
@@ -39,7 +41,7 @@ def _is_defined(name: str) -> bool:
 
 # A re-executed module (importlib.reload) must not define twice: the first definitions stay.
 _FIRST_TIME = not _is_defined("dequantize_int")
-if not _FIRST_TIME and not _is_defined("quantize_ggml"):
+if not _FIRST_TIME and "g_idx" not in str(getattr(torch.ops, NAMESPACE).dequantize_int.default._schema):
     raise ImportError("torch.ops.hfq was defined by an older hfq in this process; restart Python.")
 if _FIRST_TIME:
     _lib = torch.library.Library(NAMESPACE, "FRAGMENT")
@@ -71,7 +73,7 @@ def _int_in_features(weight: torch.Tensor, bits: int) -> int:
 
 
 @_register_fake("dequantize_int")
-def _(weight, scales, zeros, bits, dtype):
+def _(weight, scales, zeros, bits, dtype, g_idx=None):
     torch._check(weight.dtype == torch.uint8, lambda: f"weight must be uint8, got {weight.dtype}")
     torch._check(weight.dim() == 3, lambda: f"weight must be [out, groups, bytes], got {tuple(weight.shape)}")
     torch._check(2 <= bits <= 8, lambda: f"bits must be 2..8, got {bits}")
@@ -92,7 +94,7 @@ def _(codes, absmax, code, blocksize):
 
 
 @_register_fake("linear_int")
-def _(x, weight, scales, zeros, bits, bias):
+def _(x, weight, scales, zeros, bits, bias, g_idx=None):
     torch._check(x.shape[-1] == _int_in_features(weight, bits), lambda: "x's last dim must equal in_features")
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 

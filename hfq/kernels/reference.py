@@ -16,9 +16,14 @@ from . import ops
 
 
 @ops.register_default("dequantize_int")
-def dequantize_int(weight, scales, zeros, bits, dtype):
+def dequantize_int(weight, scales, zeros, bits, dtype, g_idx=None):
     out, groups, nbytes = weight.shape
     q = unpack_bits(weight, bits).to(torch.float32)  # [out, G, g]
+    if g_idx is not None:   # act-order: codes in column order, group of column c is g_idx[c]
+        q = q.reshape(out, -1)
+        gi = g_idx.long()
+        zero = zeros.to(torch.float32)[:, gi] if zeros is not None else float(2 ** (bits - 1))
+        return ((q - zero) * scales.to(torch.float32)[:, gi]).to(dtype)
     zero = zeros.to(torch.float32).unsqueeze(-1) if zeros is not None else float(2 ** (bits - 1))
     w = (q - zero) * scales.to(torch.float32).unsqueeze(-1)
     return w.reshape(out, groups * q.shape[-1]).to(dtype)
@@ -45,8 +50,8 @@ def dequantize_8bit_blockwise(codes, absmax, code, blocksize):
 
 
 @ops.register_default("linear_int")
-def linear_int(x, weight, scales, zeros, bits, bias):
-    w = ops.op("dequantize_int")(weight, scales, zeros, bits, x.dtype)
+def linear_int(x, weight, scales, zeros, bits, bias, g_idx=None):
+    w = ops.op("dequantize_int")(weight, scales, zeros, bits, x.dtype, g_idx)
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
 

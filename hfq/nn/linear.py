@@ -15,14 +15,15 @@ class HfqLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool, method: str, bits: int, group_size: int,
                  sym: bool = True, double_quant: bool = False, dtype: torch.dtype | None = None,
-                 device: torch.device | str | None = None, ggml_type: str | None = None):
+                 device: torch.device | str | None = None, ggml_type: str | None = None, act_order: bool = False):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.method, self.bits, self.group_size = method, bits, group_size
         self.sym, self.double_quant = bool(sym), bool(double_quant)
         self.ggml_type = ggml_type
+        self.act_order = bool(act_order)   # int grids: a g_idx tensor maps columns to groups (GPTQ desc_act)
         for spec in layer_specs(method, out_features, in_features, bits, group_size, self.sym, self.double_quant,
-                                ggml_type):
+                                ggml_type, self.act_order):
             t = torch.zeros(spec.shape, dtype=spec.dtype, device=device)
             self.register_parameter(spec.name, nn.Parameter(t, requires_grad=False))
         if bias:
@@ -35,6 +36,7 @@ class HfqLinear(nn.Module):
             return (f"in_features={self.in_features}, out_features={self.out_features}, method=gguf, "
                     f"ggml_type={self.ggml_type}, bias={self.bias is not None}")
         extra = f", sym={self.sym}" if self.method == "rtn" else f", double_quant={self.double_quant}"
+        extra += ", act_order=True" if self.act_order else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, method={self.method}, "
                 f"bits={self.bits}, group_size={self.group_size}{extra}, bias={self.bias is not None}")
 
@@ -61,17 +63,20 @@ class HfqLinear(nn.Module):
         if self.method == "gguf":
             return ops.op("dequantize_ggml")(self.weight, self.ggml_type, self.in_features, dtype)
         if self.method == "rtn":
-            return ops.op("dequantize_int")(self.weight, self.scales, self._zeros(), self.bits, dtype)
+            return ops.op("dequantize_int")(self.weight, self.scales, self._zeros(), self.bits, dtype, self._g_idx())
         return ops.op("dequantize_4bit")(self.weight, self.absmax_float(), codebook(self.method, self.weight.device),
                                          [self.out_features, self.in_features], dtype)
 
     def _zeros(self):
         return None if self.sym else self.zeros
 
+    def _g_idx(self):
+        return self.g_idx if self.act_order else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.method == "gguf":
             return ops.op("linear_ggml")(x, self.weight, self.ggml_type, self.in_features, self.bias)
         if self.method == "rtn":
-            return ops.op("linear_int")(x, self.weight, self.scales, self._zeros(), self.bits, self.bias)
+            return ops.op("linear_int")(x, self.weight, self.scales, self._zeros(), self.bits, self.bias, self._g_idx())
         return ops.op("linear_4bit")(x, self.weight, self.absmax_float(), codebook(self.method, x.device),
                                      [self.out_features, self.in_features], self.bias)

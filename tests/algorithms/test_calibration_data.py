@@ -1,0 +1,100 @@
+"""Calibration sources and windows for GPTQ/AWQ: formats, determinism, the default, and errors."""
+
+import json
+import logging
+
+import pytest
+import torch
+
+from hfq.algorithms.calibration import DEFAULT_DATASET, calibration_windows, dataset_texts
+
+
+class _Tok:
+    """Whitespace-free toy tokenizer: one id per character (ord % 500), BOS = 1."""
+    bos_token_id = 1
+
+    def __call__(self, text, return_tensors=None, add_special_tokens=False):
+        return {"input_ids": torch.tensor([[ord(c) % 500 + 2 for c in text]])}
+
+
+def test_sources_and_descriptions_hold_no_text_or_path(tmp_path):
+    txt = tmp_path / "secret-name.txt"
+    txt.write_text("hello world " * 100)
+    jl = tmp_path / "private.jsonl"
+    jl.write_text("\n".join(json.dumps({"text": f"line {i} " * 20, "id": i}) for i in range(5)) + "\n\n")
+    items, d = dataset_texts(str(txt))
+    assert items == ["hello world " * 100] and "secret" not in d and str(tmp_path) not in d and ".txt" in d
+    items, d = dataset_texts(jl)
+    assert len(items) == 5 and items[2] == "line 2 " * 20 and "5 records" in d and "private" not in d
+    items, d = dataset_texts(["a text", "another"])
+    assert items == ["a text", "another"] and d == "2 texts given in Python"
+
+    class FakeDataset:   # duck-typed datasets.Dataset
+        column_names = ["text", "label"]
+        split = "train"
+
+        class info:
+            dataset_name = "toyset"
+
+        def __getitem__(self, key):
+            return ["first row", "second row"] if key == "text" else None
+
+        def __len__(self):
+            return 2
+
+    items, d = dataset_texts(FakeDataset())
+    assert items == ["first row", "second row"] and d == "datasets.Dataset toyset split train (2 rows)"
+
+
+def test_default_is_the_first_pydoc_half_and_is_logged(caplog):
+    from hfq.evaluation import pydoc_halves
+
+    with caplog.at_level(logging.INFO, logger="hfq.algorithms.calibration"):
+        items, d = dataset_texts(None)
+    assert items == [pydoc_halves()[0]] and d == DEFAULT_DATASET
+    assert any("built-in default" in r.getMessage() for r in caplog.records)
+
+
+def test_windows_are_deterministic_disjoint_and_bos_first():
+    g = torch.Generator().manual_seed(0)
+    text = "".join(chr(65 + int(i)) for i in torch.randint(0, 26, (5000,), generator=g))
+    a = calibration_windows([text], 8, 100, seed=3, tokenizer=_Tok())
+    b = calibration_windows([text], 8, 100, seed=3, tokenizer=_Tok())
+    c = calibration_windows([text], 8, 100, seed=4, tokenizer=_Tok())
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    ids = _Tok()(text)["input_ids"][0]
+    starts = []
+    for w in a:
+        assert w.shape == (1, 100) and w[0, 0] == 1
+        s = next(s for s in range(0, 5000, 100) if torch.equal(ids[s + 1:s + 100], w[0, 1:]))
+        starts.append(s)
+    assert len(set(starts)) == 8             # non-overlapping windows
+
+
+def test_pretokenized_items_need_no_tokenizer():
+    items = [list(range(10, 60)), torch.arange(100, 150)]
+    w = calibration_windows(items, 2, 50, seed=0)
+    assert torch.equal(torch.cat(w, 1)[0], torch.cat([torch.arange(10, 60), torch.arange(100, 150)]))
+
+
+def test_errors_name_the_numbers_and_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        dataset_texts(["", "  \n"])
+    with pytest.raises(ValueError, match="empty"):
+        dataset_texts([])
+    empty = tmp_path / "e.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(ValueError, match="empty"):
+        dataset_texts(empty)
+    with pytest.raises(ValueError, match="does not exist"):
+        dataset_texts(tmp_path / "missing.txt")
+    bad = tmp_path / "b.jsonl"
+    bad.write_text('{"content": "x"}\n')
+    with pytest.raises(ValueError, match='line 1 has no string "text" field'):
+        dataset_texts(bad)
+    with pytest.raises(ValueError, match=r"has 300 tokens: 2 windows of seq_len=128, but n_samples=4 .*lower "
+                                         r"n_samples or seq_len"):
+        calibration_windows(["x" * 300], 4, 128, seed=0, tokenizer=_Tok())
+    with pytest.raises(ValueError, match="not a calibration source"):
+        dataset_texts(42)
