@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--chunks", type=int, default=8, help="512-token chunks for the KL rows (half of each is scored)")
+    ap.add_argument("--llama-cpp-src", help="llama.cpp source tree: also time convert_hf_to_gguf.py (F32) from the "
+                    "HF folder, i.e. llama.cpp's whole route from a transformers checkpoint")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -63,6 +65,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         f32 = hfq.export_gguf(model, tok, d / "f32.gguf", quant_type="F32", progress=False)[0]
+        t_convert = None
+        if args.llama_cpp_src:
+            import subprocess
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, str(Path(__file__).parents[1] / "tests" / "convert_runner.py"), str(src),
+                            str(d / "conv.gguf"), "f32", "", args.llama_cpp_src], check=True, capture_output=True)
+            t_convert = time.perf_counter() - t0
+            (d / "conv.gguf").unlink()
+            print(f"llama.cpp convert_hf_to_gguf.py to F32: {t_convert:.2f} s")
         for qt in args.types:
             t0 = time.perf_counter()
             ours = hfq.export_gguf(model, tok, d / f"hfq-{qt}.gguf", quant_type=qt, progress=False)[0]
@@ -77,6 +88,7 @@ def main() -> None:
                 tps["hfq"].append(decode_tps(ours, args.threads, args.tokens))
                 tps["llama.cpp"].append(decode_tps(d / f"lc-{qt}.gguf", args.threads, args.tokens))
             row = {"type": qt, "export_s_hfq": t_hfq, "requantize_s_llama_cpp": t_lc, "time_ratio": t_hfq / t_lc,
+                   "convert_plus_requantize_s_llama_cpp": t_convert and t_convert + t_lc,
                    "tensors_equal": f"{same}/{len(b)}", "decode_tps_hfq": statistics.median(tps["hfq"]),
                    "decode_tps_llama_cpp": statistics.median(tps["llama.cpp"])}
             row["decode_ratio"] = row["decode_tps_hfq"] / row["decode_tps_llama_cpp"]

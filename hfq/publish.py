@@ -108,6 +108,16 @@ def quantize_command(base: str, settings: dict, out: str) -> str:
         args.append("--sym" if settings["sym"] else "--asym")
     if settings.get("double_quant"):
         args.append("--double-quant")
+    if settings.get("grid") not in (None, "int") and settings.get("quant_type") is None:
+        args += ["--grid", settings["grid"]]
+    if settings.get("desc_act"):
+        args.append("--desc-act")
+    if "dataset" in settings or settings.get("calibration"):
+        if "dataset" in settings:   # the calibration text, saved as a file (the card says which text it is)
+            args += ["--dataset", "calibration.txt"]
+        for k in ("n_samples", "seq_len", "seed"):
+            if settings.get(k) is not None:
+                args += ["--" + k.replace("_", "-"), str(settings[k])]
     return " ".join(shlex.quote(a) for a in [*args, "--out", out])
 
 

@@ -2,8 +2,8 @@
 
 A "safetensors" variant is an hfq checkpoint (HfqConfig) published in its own repo {repo}-{name}. A "gguf"
 variant is a llama.cpp file published, with its siblings, in the shared {repo}-GGUF repo (like gguf-my-repo).
-Adding a method is one line in _SAFETENSORS, e.g. once GPTQ lands:
-    "gptq-int4-g128": dict(method="gptq", bits=4, group_size=128, dataset=CALIBRATION),
+Adding a method is one line in _SAFETENSORS. Calibrated variants draw 32 windows of 512 tokens (seed 0) from the
+calibration text.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from .config import GGUF_QUANT_TYPES, HfqConfig
 # Marks a setting that takes the calibration text (push/demo fill it in; the card describes it).
 CALIBRATION = object()
 
+_CAL = dict(dataset=CALIBRATION, n_samples=32, seq_len=512, seed=0)
+
 _SAFETENSORS: dict[str, dict] = {
     "nf4": dict(method="nf4"),
     "nf4-dq": dict(method="nf4", double_quant=True),
@@ -25,6 +27,13 @@ _SAFETENSORS: dict[str, dict] = {
     "rtn-int3-g128": dict(method="rtn", bits=3, group_size=128),
     "rtn-int8": dict(method="rtn", bits=8, group_size=-1),
     "int8": dict(method="rtn", bits=8, group_size=-1),
+    "gptq-int4-g128": dict(method="gptq", bits=4, group_size=128, **_CAL),
+    "gptq-int4-g128-act": dict(method="gptq", bits=4, group_size=128, desc_act=True, **_CAL),
+    "gptq-int3-g128": dict(method="gptq", bits=3, group_size=128, **_CAL),
+    "awq-int4-g128": dict(method="awq", bits=4, group_size=128, sym=False, **_CAL),
+    "gptq-nf4": dict(method="gptq", grid="nf4", **_CAL),
+    "gptq-q3_k_m": dict(method="gptq", quant_type="Q3_K_M", **_CAL),
+    "gptq-q4_k_m": dict(method="gptq", quant_type="Q4_K_M", **_CAL),
     # the GGUF k-quant mixes as hfq checkpoints (transformers loads them with `import hfq`)
     **{f"gguf-{qt.lower()}": dict(method="gguf", quant_type=qt) for qt in GGUF_QUANT_TYPES},
 }
@@ -32,7 +41,8 @@ _SAFETENSORS: dict[str, dict] = {
 # GGUF files made by hfq.export_gguf from the float base, named by llama.cpp's file types.
 _GGUF_FILES: tuple[str, ...] = GGUF_QUANT_TYPES
 
-STANDARD = ("nf4", "nf4-dq", "rtn-int4-g128", "rtn-int8", "gguf-q3_k_m", "Q4_K_M", "Q8_0")
+STANDARD = ("nf4", "nf4-dq", "rtn-int4-g128", "gptq-int4-g128", "awq-int4-g128", "rtn-int8", "gguf-q3_k_m",
+            "gptq-q3_k_m", "Q4_K_M", "Q8_0")
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,8 @@ class Variant:
             raise ValueError(f"variant {self.name!r} is a GGUF file, not an hfq checkpoint; it has no HfqConfig.")
         if self.calibrated and calibration is None:
             raise ValueError(f"variant {self.name!r} needs calibration data; pass calibration text.")
-        return HfqConfig(**{k: (calibration if v is CALIBRATION else v) for k, v in self.settings.items()})
+        text = [calibration] if isinstance(calibration, str) else calibration   # one text, not a file path
+        return HfqConfig(**{k: (text if v is CALIBRATION else v) for k, v in self.settings.items()})
 
     def repo_suffix(self) -> str:
         return "GGUF" if self.kind == "gguf" else self.name
