@@ -2,7 +2,7 @@
 
 A "safetensors" variant is an hfq checkpoint (HfqConfig) published in its own repo {repo}-{name}. A "gguf"
 variant is a llama.cpp file published, with its siblings, in the shared {repo}-GGUF repo (like gguf-my-repo).
-Adding a method is one line in _SAFETENSORS. Calibrated variants draw 32 windows of 512 tokens (seed 0) from the
+Adding a method is one line in _SAFETENSORS. Calibrated variants draw 16 windows of 512 tokens (seed 0) from the
 calibration text.
 """
 
@@ -15,7 +15,7 @@ from .config import GGUF_QUANT_TYPES, HfqConfig
 # Marks a setting that takes the calibration text (push/demo fill it in; the card describes it).
 CALIBRATION = object()
 
-_CAL = dict(dataset=CALIBRATION, n_samples=32, seq_len=512, seed=0)
+_CAL = dict(dataset=CALIBRATION, n_samples=16, seq_len=512, seed=0)
 
 _SAFETENSORS: dict[str, dict] = {
     "nf4": dict(method="nf4"),
