@@ -114,6 +114,7 @@ def _set_g_idx(model, name: str, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     g_idx = (torch.randperm(layer.in_features, generator=g) // 32).to(torch.int32)
     layer.register_buffer("g_idx", g_idx)
+    layer.act_order = True        # as a GPTQ desc_act layer stores it (HfqLinear(act_order=True))
     return g_idx
 
 
