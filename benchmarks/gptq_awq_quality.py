@@ -57,6 +57,8 @@ def rows(args):
     if args.nf4:
         out.append(("NF4-DQ b64", dict(method="nf4", double_quant=True), None))
         out.append(("GPTQ NF4-DQ b64", dict(method="gptq", grid="nf4", double_quant=True), "NF4-DQ b64"))
+        if args.awq:
+            out.append(("AWQ NF4-DQ b64", dict(method="awq", grid="nf4", double_quant=True), "NF4-DQ b64"))
     return out
 
 

@@ -15,7 +15,7 @@ from .algorithms.calibrated import awq_block_step, gptq_block, install
 from .algorithms.calibration import calibration_windows, dataset_texts
 from .algorithms.ggml_quant import quantize_rows
 from .algorithms.grids import make_grid
-from .algorithms.layerwise import calibrate_blocks, find_blocks
+from .algorithms.layerwise import calibrate_blocks, find_blocks, onload_block
 from .config import HfqConfig
 from .formats.layouts import check_shape
 from .gguf import mixes
@@ -168,6 +168,7 @@ def calibrate_model(model: nn.Module, config: HfqConfig, modules_to_not_convert,
     rest = [n for n in grids if type(model.get_submodule(n)) is nn.Linear]
     for n in rest:   # layers outside the decoder blocks (e.g. an untied lm_head the user chose to quantize)
         parent, _, child = n.rpartition(".")
+        onload_block(model, n, model.get_submodule(n))
         w = model.get_submodule(n).weight.detach().float()
         install(model.get_submodule(parent) if parent else model, child, grids[n], grids[n].rtn(w))
     if rest:

@@ -270,13 +270,21 @@ def clip_weight(name: str, w: torch.Tensor, x: torch.Tensor, fake_quant: FakeQua
 
 
 def _kept_calls(inputs: list[tuple[tuple, dict]], max_tokens: int) -> list[tuple[tuple, dict]]:
-    """A prefix of the calls holding about max_tokens tokens (at least one call): bounds the captured inputs."""
+    """A prefix of the calls holding about max_tokens tokens in whole sequences (at least one): bounds the
+    captured inputs. A batched call [batch, seq, channels] is cut along its batch."""
     kept, n = [], 0
     for args, kwargs in inputs:
         if kept and n >= max_tokens:
             break
         h = args[0] if args else kwargs["hidden_states"]
-        n += h.numel() // h.shape[-1]
+        per = h.numel() // (h.shape[0] * h.shape[-1])
+        k = h.shape[0] if h.dim() < 3 else max(1, min(h.shape[0], -(-(max_tokens - n) // per)))
+        if k < h.shape[0]:
+            if args:
+                args = (h[:k],) + tuple(args[1:])
+            else:
+                kwargs = {**kwargs, "hidden_states": h[:k]}
+        n += k * per
         kept.append((args, kwargs))
     return kept
 

@@ -216,3 +216,16 @@ def test_gemma_first_blocks_awq_beats_rtn_on_held_out_text(gemma_dir):
         err_awq = float((_quantized_output(block, fq, held_out) - ref).pow(2).mean())
         print(f"gemma-3-270m block {i} int4 g128 held-out output MSE: rtn {err_rtn:.4g}, awq {err_awq:.4g}")
         assert err_awq < 0.95 * err_rtn, (i, err_awq, err_rtn)
+
+
+def test_kept_calls_cut_batched_calls_into_whole_sequences():
+    from hfq.algorithms.awq import _kept_calls
+
+    calls = [((torch.arange(4.0).reshape(4, 1, 1).expand(4, 8, 2),), {"k": 1}), ((torch.zeros(2, 8, 2),), {})]
+    kept = _kept_calls(calls, max_tokens=20)
+    assert len(kept) == 1 and kept[0][1] == {"k": 1}
+    assert kept[0][0][0].shape == (3, 8, 2) and kept[0][0][0][:, 0, 0].tolist() == [0.0, 1.0, 2.0]
+    two = _kept_calls(calls, max_tokens=40)
+    assert [c[0][0].shape[0] for c in two] == [4, 1]
+    kw = _kept_calls([((), {"hidden_states": torch.zeros(4, 8, 2)})], max_tokens=8)
+    assert kw[0][1]["hidden_states"].shape == (1, 8, 2)
