@@ -166,12 +166,15 @@ def _batching_is_exact(block: nn.Module, pair: list[torch.Tensor], call: tuple) 
 
 def linear_groups(block: nn.Module, inputs: list) -> list[list[str]]:
     """The block's nn.Linear layers in call order, grouped by shared input (q,k,v | o | gate,up | down)."""
-    order, seen = [], {}
+    order, seen, alive = [], {}, []
     hooks = []
 
     def hook(name):
         def fn(m, args):
-            key = (args[0].data_ptr(), tuple(args[0].shape))
+            # the inputs stay referenced, so a freed input's memory cannot be reused by a later one with the same
+            # address and shape (the allocator does that: o_proj's and gate_proj's inputs collided)
+            alive.append(args[0])
+            key = (args[0].data_ptr(), tuple(args[0].shape), args[0].stride())
             if name not in seen:
                 seen[name] = key
                 order.append(name)
