@@ -38,23 +38,28 @@ def main() -> None:
     cw = calibration_windows(items, args.n_samples, args.seq_len, 0, tok)
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     f = evaluate(base, ev, progress=False)
-    print(f"{'variant':24} {'ppl':>8} {'KL':>7} {'top-1':>6} {'time s':>7}")
-    print(f"{'float32':24} {f['ppl']:8.3f}")
-    runs = {
-        "hfq GPTQ int4 g128": lambda: hfq.HfqConfig(method="gptq", bits=4, group_size=128, sym=True,
-                                                    desc_act=args.desc_act, dataset=[w[0].tolist() for w in cw],
-                                                    n_samples=len(cw), seq_len=args.seq_len),
-        "gptqmodel int4 g128": lambda: GPTQConfig(bits=4, group_size=128, sym=True, desc_act=args.desc_act,
-                                                  dataset=[{"input_ids": w, "attention_mask": torch.ones_like(w)}
-                                                           for w in cw], tokenizer=tok),
-    }
+    print(f"{'variant':28} {'ppl':>8} {'KL':>7} {'top-1':>6} {'time s':>7}")
+    print(f"{'float32':28} {f['ppl']:8.3f}")
+    def ours(gar):
+        return lambda: hfq.HfqConfig(method="gptq", bits=4, group_size=128, sym=True, desc_act=args.desc_act,
+                                     act_group_aware=gar and not args.desc_act, dataset=[w[0].tolist() for w in cw],
+                                     n_samples=len(cw), seq_len=args.seq_len)
+
+    def theirs(gar):
+        return lambda: GPTQConfig(bits=4, group_size=128, sym=True, desc_act=args.desc_act,
+                                  act_group_aware=gar and not args.desc_act, tokenizer=tok,
+                                  dataset=[{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in cw])
+
+    # gptqmodel's default is group-aware reordering (GAR) with damp 0.1; hfq's is plain order with damp 0.01
+    runs = {"hfq GPTQ int4 g128": ours(False), "hfq GPTQ int4 g128 GAR": ours(True),
+            "gptqmodel int4 g128 (GAR)": theirs(True), "gptqmodel int4 g128 no GAR": theirs(False)}
     for label, make in runs.items():
         t0 = time.perf_counter()
         m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map="cpu",
                                                  quantization_config=make())
         dt = time.perf_counter() - t0
         r = evaluate(m, ev, base=base, progress=False)
-        print(f"{label:24} {r['ppl']:8.3f} {r['kl']:7.4f} {r['top1']:6.3f} {dt:7.1f}", flush=True)
+        print(f"{label:28} {r['ppl']:8.3f} {r['kl']:7.4f} {r['top1']:6.3f} {dt:7.1f}", flush=True)
         del m
 
 

@@ -51,6 +51,8 @@ def _build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, help="gptq/awq: seed that picks the windows (default 0)")
     q.add_argument("--desc-act", action="store_true", default=None, help="gptq: act-order (stores g_idx)")
     q.add_argument("--static-groups", action="store_true", default=None, help="gptq: act-order with fixed groups")
+    q.add_argument("--act-group-aware", action="store_true", default=None,
+                   help="gptq: group-aware column order (GAR), no g_idx")
     q.add_argument("--damp-percent", type=float, help="gptq: dampening, fraction of mean diag(H) (default 0.01)")
     q.add_argument("--skip", nargs="+", metavar="MODULE",
                    help="modules kept in float (replaces the defaults: lm_head and tied embeddings)")
@@ -119,7 +121,7 @@ def _cmd_quantize(args) -> int:
     if args.importance and args.calibration:
         raise ValueError("give --importance or --calibration, not both.")
     cal = {k: getattr(args, k) for k in ("grid", "dataset", "n_samples", "seq_len", "seed", "desc_act",
-                                         "static_groups", "damp_percent") if getattr(args, k) is not None}
+                                         "static_groups", "act_group_aware", "damp_percent") if getattr(args, k) is not None}
     if cal and args.method not in ("gptq", "awq"):
         raise ValueError(f"--{next(iter(cal)).replace('_', '-')} applies to --method gptq or awq only.")
     cfg = HfqConfig(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,

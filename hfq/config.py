@@ -26,9 +26,9 @@ GGUF_QUANT_TYPES = tuple(FILE_TYPES)
 _FIELDS = ("method", "bits", "group_size", "sym", "double_quant", "modules_to_not_convert", "quant_type",
            "importance", "tensor_types")
 # gptq/awq only; `dataset` is never written to config.json (only the `calibration` record is)
-_CAL_FIELDS = ("grid", "desc_act", "static_groups", "damp_percent", "true_sequential", "dataset", "n_samples",
+_CAL_FIELDS = ("grid", "desc_act", "static_groups", "act_group_aware", "damp_percent", "true_sequential", "dataset", "n_samples",
                "seq_len", "seed", "calibration")
-_CAL_DEFAULTS = {"desc_act": False, "static_groups": False, "damp_percent": 0.01, "true_sequential": True,
+_CAL_DEFAULTS = {"desc_act": False, "static_groups": False, "act_group_aware": False, "damp_percent": 0.01, "true_sequential": True,
                  "n_samples": 128, "seq_len": 512, "seed": 0}
 
 
@@ -62,6 +62,9 @@ class HfqConfig(QuantizationConfigMixin):
     desc_act: gptq only. Quantize columns in order of decreasing activation energy (act-order). With grid
         "int" the groups follow that order and each layer stores g_idx; static_groups=True keeps contiguous
         groups (needed for nf4/fp4). Not possible with GGUF blocks.
+    act_group_aware: gptq only, without desc_act. Group-aware reordering (GAR, gptqmodel's default): groups are
+        processed in decreasing order of their largest H_ii and columns within a group likewise, but each group
+        keeps its contiguous columns, so no g_idx is stored and the layout is unchanged. int, nf4 and fp4 grids.
     damp_percent: gptq dampening, as a fraction of the Hessian's mean diagonal (default 0.01).
     true_sequential: gptq; quantize q/k/v, then o, then gate/up, then down, recomputing inputs after each.
     dataset: calibration text: a list of strings (or of token-id lists), a local .txt or .jsonl ("text" field)
@@ -213,7 +216,7 @@ class HfqConfig(QuantizationConfigMixin):
         for k, v in _CAL_DEFAULTS.items():
             if getattr(self, k) is None:
                 setattr(self, k, v)
-        for k in ("desc_act", "static_groups", "true_sequential"):
+        for k in ("desc_act", "static_groups", "act_group_aware", "true_sequential"):
             if not isinstance(getattr(self, k), bool):
                 raise ValueError(f"{k}={getattr(self, k)!r} must be True or False.")
         for k, lo in (("n_samples", 1), ("seq_len", 8), ("seed", 0)):
@@ -228,8 +231,12 @@ class HfqConfig(QuantizationConfigMixin):
             self.grid = "gguf" if self.quant_type is not None else "int"
         if self.grid not in GRIDS:
             raise ValueError(f"grid={self.grid!r} is not a grid for method={m!r}; allowed: {_allowed(GRIDS)}.")
-        if m == "awq" and (self.desc_act or self.static_groups):
-            raise ValueError("desc_act/static_groups apply to method='gptq' only; AWQ keeps column order. Drop them.")
+        if m == "awq" and (self.desc_act or self.static_groups or self.act_group_aware):
+            raise ValueError("desc_act/static_groups/act_group_aware apply to method='gptq' only; AWQ keeps column "
+                             "order. Drop them.")
+        if self.act_group_aware and self.desc_act:
+            raise ValueError("act_group_aware=True and desc_act=True are two column orders; pick one (act_group_aware "
+                             "keeps contiguous groups and stores no g_idx).")
         if self.importance not in (None, False):
             raise ValueError(f"importance does not apply to method={m!r}: it calibrates from `dataset` itself. "
                              "Drop importance, or use method='gguf' with it.")
@@ -237,6 +244,9 @@ class HfqConfig(QuantizationConfigMixin):
         if self.calibration is not None and not isinstance(self.calibration, dict):
             raise ValueError(f"calibration={self.calibration!r} is written by hfq; do not set it by hand.")
         if self.grid == "gguf":
+            if self.act_group_aware:
+                raise ValueError("act_group_aware=True cannot reorder GGUF blocks (GPTQ rounds a whole block at once); "
+                                 "drop act_group_aware.")
             if self.desc_act:
                 raise ValueError("desc_act=True cannot be used with GGUF blocks (a block is 32 or 256 contiguous "
                                  "columns); drop desc_act.")
@@ -253,6 +263,8 @@ class HfqConfig(QuantizationConfigMixin):
             self._validate_and_fill_plain()
         finally:
             self.method = saved
+        if self.act_group_aware and self.group_size == -1:
+            raise ValueError("act_group_aware=True needs groups (group_size > 0); group_size=-1 has one group per row.")
         if self.grid in ("nf4", "fp4") and self.desc_act and not self.static_groups:
             raise ValueError(f"desc_act=True with grid={self.grid!r} needs static_groups=True: the {self.grid} "
                              "layout has no g_idx to reorder groups.")
@@ -299,7 +311,7 @@ class HfqConfig(QuantizationConfigMixin):
                 return f"{self.method}-{self.quant_type.lower()}"
             if self.grid == "int":
                 g = "pc" if self.group_size == -1 else f"g{self.group_size}"
-                act = "-act" if self.desc_act else ""
+                act = "-act" if self.desc_act else "-gar" if self.act_group_aware else ""
                 return f"{self.method}-int{self.bits}-{g}-{'sym' if self.sym else 'asym'}{act}"
             return f"{self.method}-{self.grid}{'-dq' if self.double_quant else ''}-b{self.group_size}"
         if self.method == "gguf":

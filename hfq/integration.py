@@ -156,7 +156,7 @@ def calibrate_model(model: nn.Module, config: HfqConfig, modules_to_not_convert,
         mine = {n[len(block_prefix) + 1:]: g for n, g in grids.items() if n.startswith(block_prefix + ".")}
         if config.method == "gptq":
             return gptq_block(block, inputs, mine, config.damp_percent, config.desc_act, config.static_groups,
-                              config.true_sequential, block_prefix)
+                              config.true_sequential, block_prefix, group_aware=bool(config.act_group_aware))
         return awq_block_step(block, inputs, mine, arch, block_prefix)
 
     was_training = model.training

@@ -112,6 +112,8 @@ def quantize_command(base: str, settings: dict, out: str) -> str:
         args += ["--grid", settings["grid"]]
     if settings.get("desc_act"):
         args.append("--desc-act")
+    if settings.get("act_group_aware"):
+        args.append("--act-group-aware")
     if "dataset" in settings or settings.get("calibration"):
         if "dataset" in settings:   # the calibration text, saved as a file (the card says which text it is)
             args += ["--dataset", "calibration.txt"]

@@ -20,11 +20,13 @@ CASES = {
     "int4-g32-act": dict(method="gptq", group_size=32, desc_act=True),
     "int3-g32-asym": dict(method="gptq", bits=3, group_size=32, sym=False),
     "nf4-dq-b32": dict(method="gptq", grid="nf4", group_size=32, double_quant=True),
+    "int4-g32-gar": dict(method="gptq", group_size=32, act_group_aware=True),
 }
 
 
 @pytest.mark.parametrize("case,arch", [("int4-g32-act", "llama"), ("int4-g32-act", "gemma3"),
-                                       ("int3-g32-asym", "llama"), ("nf4-dq-b32", "gemma3")])
+                                       ("int3-g32-asym", "llama"), ("nf4-dq-b32", "gemma3"),
+                                       ("int4-g32-gar", "llama")])
 def test_calibrate_save_reload_identical(tiny_llama_dir, tiny_gemma3_dir, tmp_path, case, arch):
     tiny_model_dir = tiny_llama_dir if arch == "llama" else tiny_gemma3_dir
     cfg = hfq.HfqConfig(dataset=_ids(), n_samples=6, seq_len=64, **CASES[case])
@@ -98,8 +100,17 @@ def test_config_validation():
         hfq.HfqConfig(method="gptq", grid="nf4", desc_act=True)
     with pytest.raises(ValueError, match="cannot be used with GGUF blocks"):
         hfq.HfqConfig(method="gptq", quant_type="Q4_K_M", desc_act=True)
-    with pytest.raises(ValueError, match="desc_act/static_groups apply to method='gptq' only"):
+    with pytest.raises(ValueError, match="desc_act/static_groups/act_group_aware apply to method='gptq' only"):
         hfq.HfqConfig(method="awq", desc_act=True)
+    with pytest.raises(ValueError, match="act_group_aware=True and desc_act=True are two column orders"):
+        hfq.HfqConfig(method="gptq", desc_act=True, act_group_aware=True)
+    with pytest.raises(ValueError, match="act_group_aware=True cannot reorder GGUF blocks"):
+        hfq.HfqConfig(method="gptq", quant_type="Q4_K_M", act_group_aware=True)
+    with pytest.raises(ValueError, match="act_group_aware=True needs groups"):
+        hfq.HfqConfig(method="gptq", group_size=-1, act_group_aware=True)
+    with pytest.raises(ValueError, match="act_group_aware apply to method='gptq' only"):
+        hfq.HfqConfig(method="awq", act_group_aware=True)
+    assert hfq.HfqConfig(method="gptq", act_group_aware=True).short_name() == "gptq-int4-g128-sym-gar"
     with pytest.raises(ValueError, match="damp_percent=0 must be a number in"):
         hfq.HfqConfig(method="gptq", damp_percent=0)
     with pytest.raises(ValueError, match="bits=9 is not supported"):

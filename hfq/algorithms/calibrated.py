@@ -34,7 +34,7 @@ def install(block: nn.Module, name: str, grid, tensors: dict[str, torch.Tensor])
 
 
 def gptq_block(block: nn.Module, inputs: list, grids: dict, damp: float, desc_act: bool, static_groups: bool,
-               true_sequential: bool = True, prefix: str = "") -> dict:
+               true_sequential: bool = True, prefix: str = "", group_aware: bool = False) -> dict:
     """GPTQ on every linear of `block` named in `grids` ({name relative to block: grid})."""
     groups = [[n for n in g if n in grids] for g in linear_groups(block, inputs)]
     groups = [g for g in groups if g]
@@ -53,7 +53,7 @@ def gptq_block(block: nn.Module, inputs: list, grids: dict, damp: float, desc_ac
         for n in stage:
             lin = block.get_submodule(n)
             res = gptq_quantize(lin.weight.detach(), hess[owner[n]].H, grids[n], damp, desc_act, static_groups,
-                                name=f"{prefix}.{n}")
+                                name=f"{prefix}.{n}", group_aware=group_aware)
             install(block, n, grids[n], res.tensors)
             summary[n] = {"loss": round(res.loss, 6), "damp": res.damp, **res.info}
         del hess

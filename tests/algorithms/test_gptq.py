@@ -13,7 +13,15 @@ from hfq.formats.ggml_dequant import dequantize_rows
 from hfq.algorithms.ggml_quant import quantize_rows
 
 
-def _naive_gptq(W, H, grid, damp=0.01, desc_act=False, static_groups=False):
+def _gar_order(d, gs):
+    """Group-aware reordering from its description: groups by decreasing largest H_ii, columns within a group by
+    decreasing H_ii, each group's columns kept together."""
+    groups = [list(range(g, g + gs)) for g in range(0, len(d), gs)]
+    groups.sort(key=lambda cols: -max(d[c] for c in cols))
+    return [c for cols in groups for c in sorted(cols, key=lambda c: -d[c])]
+
+
+def _naive_gptq(W, H, grid, damp=0.01, desc_act=False, static_groups=False, group_aware=False):
     """OBQ in GPTQ's fixed order, from the equations: for each column q (or GGML block B) in order,
     delta_F = -(w_q - quant(w_q)) / [Hinv]_qq * [Hinv]_{q,F}, then Hinv <- Hinv - Hinv_{:,q} Hinv_{q,:} / [Hinv]_qq
     (block: delta_F = -(W_B - Q_B) Hinv_BB^-1 Hinv_{B,F}, Hinv_FF <- Hinv_FF - Hinv_FB Hinv_BB^-1 Hinv_BF)."""
@@ -25,6 +33,8 @@ def _naive_gptq(W, H, grid, damp=0.01, desc_act=False, static_groups=False):
     W[:, dead] = 0
     H += damp * torch.diag(H).mean() * torch.eye(n, dtype=H.dtype)
     order = torch.argsort(torch.diag(H), descending=True).tolist() if desc_act else list(range(n))
+    if group_aware:
+        order = _gar_order(torch.diag(H).tolist(), grid.group(n))
     Hinv = torch.linalg.inv(H)
     Q = torch.zeros_like(W)
     s = grid.step
@@ -88,6 +98,20 @@ def test_lazy_batched_equals_naive_obq(name, desc_act, static):
     torch.testing.assert_close(res.weight.double(), ref.float().double(), rtol=1e-5, atol=1e-6)
     # the saved layout decodes to the same weight
     torch.testing.assert_close(decode(grid, res.tensors, *W.shape), res.weight, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["int4-g32-sym", "int3-g64-asym", "nf4-b32"])
+def test_group_aware_order_equals_naive_obq_in_that_order(name):
+    grid = make_grid(**GRIDS[name])
+    W, _, H = _layer(2, out_f=16, in_f=128)
+    H = H.double()
+    res = gptq_quantize(W.double(), H, grid, block_size=64, group_aware=True)
+    ref = _naive_gptq(W, H, grid, group_aware=True)
+    torch.testing.assert_close(res.weight.double(), ref.double(), rtol=1e-5, atol=1e-6)
+    assert "g_idx" not in res.tensors     # contiguous groups: the plain layout
+    torch.testing.assert_close(decode(grid, res.tensors, *W.shape), res.weight, rtol=1e-6, atol=1e-6)
+    plain = gptq_quantize(W.double(), H, grid, block_size=64)
+    assert not torch.equal(plain.weight, res.weight)     # the order really changed the result
 
 
 @pytest.mark.parametrize("name", ["int4-g128-sym", "int4-g128-asym", "int3-g128-sym", "nf4-b64", "Q4_K", "Q3_K"])
