@@ -121,7 +121,8 @@ def _cmd_quantize(args) -> int:
     if args.importance and args.calibration:
         raise ValueError("give --importance or --calibration, not both.")
     cal = {k: getattr(args, k) for k in ("grid", "dataset", "n_samples", "seq_len", "seed", "desc_act",
-                                         "static_groups", "act_group_aware", "damp_percent") if getattr(args, k) is not None}
+                                         "static_groups", "act_group_aware", "damp_percent")
+           if getattr(args, k) is not None}
     if cal and args.method not in ("gptq", "awq"):
         raise ValueError(f"--{next(iter(cal)).replace('_', '-')} applies to --method gptq or awq only.")
     cfg = HfqConfig(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,

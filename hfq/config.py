@@ -26,10 +26,10 @@ GGUF_QUANT_TYPES = tuple(FILE_TYPES)
 _FIELDS = ("method", "bits", "group_size", "sym", "double_quant", "modules_to_not_convert", "quant_type",
            "importance", "tensor_types")
 # gptq/awq only; `dataset` is never written to config.json (only the `calibration` record is)
-_CAL_FIELDS = ("grid", "desc_act", "static_groups", "act_group_aware", "damp_percent", "true_sequential", "dataset", "n_samples",
-               "seq_len", "seed", "calibration")
-_CAL_DEFAULTS = {"desc_act": False, "static_groups": False, "act_group_aware": False, "damp_percent": 0.01, "true_sequential": True,
-                 "n_samples": 128, "seq_len": 512, "seed": 0}
+_CAL_FIELDS = ("grid", "desc_act", "static_groups", "act_group_aware", "damp_percent", "true_sequential", "dataset",
+               "n_samples", "seq_len", "seed", "calibration")
+_CAL_DEFAULTS = {"desc_act": False, "static_groups": False, "act_group_aware": False, "damp_percent": 0.01,
+                 "true_sequential": True, "n_samples": 128, "seq_len": 512, "seed": 0}
 
 
 def _allowed(values) -> str:

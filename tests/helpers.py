@@ -46,14 +46,16 @@ def naive_rtn(w: torch.Tensor, bits: int, group_size: int, sym: bool):
     return codes, scales, zeros, deq
 
 
-def naive_unpack_bitstream(row_bytes: list[int], bits: int, n: int) -> list[int]:
-    """Value i is bits [i*b, (i+1)*b) of the row, bit 0 = LSB of byte 0."""
+def naive_unpack_bitstream(row_words: list[int], bits: int, n: int, word_bits: int = 8) -> list[int]:
+    """Value i is bits [i*b, (i+1)*b) of the concatenated words (bytes by default; signed ints are read as their
+    word_bits-bit two's complement), bit 0 = LSB of word 0."""
+    mask = (1 << word_bits) - 1
     out = []
     for i in range(n):
         v = 0
         for b in range(bits):
             pos = i * bits + b
-            v |= ((row_bytes[pos // 8] >> (pos % 8)) & 1) << b
+            v |= (((row_words[pos // word_bits] & mask) >> (pos % word_bits)) & 1) << b
         out.append(v)
     return out
 
@@ -72,3 +74,23 @@ PARAGRAPH = (
     "potatoes, and tourists asking for directions to the lighthouse. In the evening the wind turned cold, the lamps "
     "were lit one by one, and the smell of wood smoke drifted over the rooftops as families gathered for supper."
 )
+
+
+WORDS = "a b c d e f x y z 1 2 3 4 5 6 7 8 9".split()
+
+
+def save_tiny_word_base(d, card: str):
+    """A tiny untied llama with a word-level tokenizer over WORDS (plus [UNK], <bos>) and the base card `card`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=64, max_position_embeddings=128,
+                                 tie_word_embeddings=False)).eval().save_pretrained(d)
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "<bos>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}},
+                                     unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", unk_token="[UNK]").save_pretrained(d)
+    (d / "README.md").write_text(card)
+    return d

@@ -15,26 +15,14 @@ from hfq.checkpoint import describe
 from hfq.cli import main
 from hfq.hub import sha256_file
 from hfq.publish import prepare
+from helpers import WORDS, save_tiny_word_base
 
-WORDS = "a b c d e f x y z 1 2 3 4 5 6 7 8 9".split()
 TEXT = " ".join(WORDS[(i * 5) % 18] for i in range(500))
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    torch.manual_seed(0)
-    base = tmp_path_factory.mktemp("base")
-    LlamaForCausalLM(LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, vocab_size=64, max_position_embeddings=128,
-                                 tie_word_embeddings=False)).eval().save_pretrained(base)
-    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "<bos>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}},
-                                     unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", unk_token="[UNK]").save_pretrained(base)
-    (base / "README.md").write_text("---\nlicense: mit\n---\n")
+    base = save_tiny_word_base(tmp_path_factory.mktemp("base"), "---\nlicense: mit\n---\n")
     out = tmp_path_factory.mktemp("work")
     records = prepare(str(base), "rtn-int4-g128,nf4-dq", out, repo="me/tiny", text=TEXT, ctx=64, chunks=2,
                       decode_tokens=4)

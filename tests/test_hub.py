@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM
 
 import hfq
 from hfq.hub import PushError, sha256_file
+from helpers import WORDS, save_tiny_word_base
 from hub_server import LocalHub
 
 TOKEN = "hf_test_secret_token_123"
-WORDS = "a b c d e f x y z 1 2 3 4 5 6 7 8 9".split()
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +39,7 @@ def hub(local_hub, monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
     """A tiny llama with a word-level tokenizer and a base card carrying a license."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("base")
-    LlamaForCausalLM(LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, vocab_size=64, max_position_embeddings=128,
-                                 tie_word_embeddings=False)).eval().save_pretrained(d)
-    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "<bos>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}},
-                                     unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", unk_token="[UNK]").save_pretrained(d)
-    (d / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny base\n")
-    return d
+    return save_tiny_word_base(tmp_path_factory.mktemp("base"), "---\nlicense: apache-2.0\n---\n# tiny base\n")
 
 
 TEXT = " ".join(WORDS[(i * 7) % 18] for i in range(600))

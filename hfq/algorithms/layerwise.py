@@ -5,8 +5,9 @@ The first pass swaps every block's forward for a stub that records the arguments
 returns its input, so only the embeddings run; the last stub stops the model. Then each block in turn gets its
 inputs, `process(...)` quantizes it in place, and the quantized block computes the next block's inputs. Only one
 block's activations live at a time. Windows whose other arguments are equal run as one batch (fewer, larger
-matmuls), after checking on the first block that batching leaves each window's output unchanged. Generic over architectures: the blocks are the longest nn.ModuleList of
-modules that hold nn.Linear layers (model.model.layers in transformers decoders).
+matmuls), after checking on the first block that batching leaves each window's output unchanged. Generic over
+architectures: the blocks are the longest nn.ModuleList of modules that hold nn.Linear layers (model.model.layers
+in transformers decoders).
 """
 
 from __future__ import annotations

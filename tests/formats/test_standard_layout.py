@@ -6,6 +6,7 @@ import torch
 
 from hfq.formats.bitpack import pack_bits
 from hfq.formats.standard_layout import hfq_int_codes, pack_awq, pack_gptq_qweight, pack_gptq_qzeros
+from helpers import naive_unpack_bitstream
 
 
 def _u32(x: int) -> int:
@@ -13,15 +14,9 @@ def _u32(x: int) -> int:
 
 
 def naive_read_bitstream(words: list[int], bits: int, n: int) -> list[int]:
-    """Value i occupies bits [i*b, (i+1)*b) of the concatenated 32-bit words, bit 0 = LSB of word 0."""
-    out = []
-    for i in range(n):
-        v = 0
-        for b in range(bits):
-            pos = i * bits + b
-            v |= ((_u32(words[pos // 32]) >> (pos % 32)) & 1) << b
-        out.append(v)
-    return out
+    """Value i occupies bits [i*b, (i+1)*b) of the concatenated 32-bit words (int32 as stored), bit 0 = LSB of
+    word 0."""
+    return naive_unpack_bitstream(words, bits, n, word_bits=32)
 
 
 def naive_read_awq(word: int) -> list[int]:
