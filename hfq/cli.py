@@ -304,6 +304,9 @@ def _cmd_doctor(args) -> int:
         build.load(ext)
     for ext, st in build.status().items():
         print(f"extension {ext}: {st} (cache {build.cache_root()})")
+    caps = torch.backends.cpu.get_cpu_capability()
+    print(f"cpu instruction set: {build.cpu_isa() or 'none (reference only)'} (torch reports {caps}; "
+          "HFQ_CPU_ISA=avx2|scalar caps it)")
     for name in SCHEMAS:
         keys = [k for k in ("CPU", "CUDA") if torch._C._dispatch_has_kernel_for_dispatch_key(op(name).default.name(), k)]
         print(f"  hfq::{name:28} native: {', '.join(keys) or 'none'}; fallback: pure-torch reference")

@@ -76,6 +76,7 @@ class HfqQuantizer(HfQuantizer):
 
         model._upload_modified_files = upload_with_card
         if cfg.method not in CALIBRATED or self.pre_quantized:
+            _prepare_layers(model)
             return model
 
         def tokenizer():
@@ -87,6 +88,7 @@ class HfqQuantizer(HfQuantizer):
                                  "pass dataset= as lists of token ids.") from e
 
         calibrate_model(model, cfg, self.modules_to_not_convert, tokenizer)
+        _prepare_layers(model)
         return model
 
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
@@ -121,6 +123,13 @@ class HfqQuantizer(HfQuantizer):
         n = dequantize_model(model, dtype or torch.float32)
         logger.info("hfq: dequantized %d layers", n)
         return model
+
+
+def _prepare_layers(model) -> None:
+    """Derived buffers and native kernels for every quantized layer, once, before the first forward."""
+    for m in model.modules():
+        if isinstance(m, HfqLinear):
+            m.prepare()
 
 
 def register() -> None:

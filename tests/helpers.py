@@ -94,3 +94,21 @@ def save_tiny_word_base(d, card: str):
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", unk_token="[UNK]").save_pretrained(d)
     (d / "README.md").write_text(card)
     return d
+
+
+# hfq's CPU kernels round activations to int16 per 64 columns (at most 2^-16 of each chunk's largest value, see the
+# README's kernel section), and prompts longer than 16 tokens run bfloat16 tiles. Through the few layers of the tiny
+# test models that stays below 3e-4 of the largest logit for short prompts; a wrong layout or scale is off by more
+# than 1e-2. Tests comparing an hfq model with another implementation of the same weights allow this much.
+KERNEL_LOGIT_TOL = 1e-3
+# Prompts of more than 16 rows run bfloat16 tiles (float32 accumulation): each weight and activation is rounded to
+# 8 significant bits, and a sum of K such products carries about 2^-9 * sqrt(K) of its terms' size. On the tiny
+# random test models that measured up to 1.4e-2 of the largest logit.
+PREFILL_LOGIT_TOL = 3e-2
+
+
+def assert_logits_close(a: torch.Tensor, b: torch.Tensor, tol: float = KERNEL_LOGIT_TOL, atol: float = 0.0):
+    """max |a - b| <= tol * max |b| + atol."""
+    a, b = a.float(), b.float()
+    worst = (a - b).abs().max().item()
+    assert worst <= tol * b.abs().max().item() + atol, f"max diff {worst:.3g}, largest logit {b.abs().max().item():.3g}"

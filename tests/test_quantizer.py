@@ -79,7 +79,10 @@ def test_dequantize_gives_linear_with_same_logits(tiny_llama_dir, tmp_path):
     assert type(q) is torch.nn.Linear and torch.equal(q.weight, w)
     assert not any(isinstance(m, HfqLinear) for m in again.modules())
     assert getattr(again.config, "quantization_config", None) is None
-    assert torch.allclose(_logits(again), logits, atol=1e-5)
+    # The quantized model's kernels round x to int16 per 64 columns (at most 2^-16 of the chunk's largest value);
+    # measured here 2e-5 of the largest logit. A wrong layout would be off by far more.
+    diff = (_logits(again) - logits).abs().max() / logits.abs().max()
+    assert diff < 2e-4
 
 
 def test_modules_to_not_convert(tiny_llama_dir):

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import hfq
+from helpers import assert_logits_close
 from hfq.algorithms.calibration import collect_importance, save_importance
 from hfq.formats.ggml_types import FILE_TYPES, TYPES
 from hfq.nn import HfqLinear
@@ -40,7 +41,7 @@ def test_every_quant_type_loads_runs_and_reloads(llama256_dir, tmp_path, quant_t
         out = model(x).logits
         for name, layer in layers.items():       # the forward equals F.linear on the oracle's weights
             ref.get_submodule(name).weight.copy_(_gguf_dequant(layer))
-        torch.testing.assert_close(out, ref(x).logits, rtol=1e-4, atol=1e-4)
+        assert_logits_close(out, ref(x).logits)
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
     assert saved["quant_type"] == quant_type and saved["tensor_types"] == types and saved["importance"] is False

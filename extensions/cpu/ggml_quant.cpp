@@ -4,9 +4,10 @@
 // against). Everything is float32 in source order; build with -ffp-contract=off and without -ffast-math so the
 // compiler neither fuses a*b+c nor reorders the sequential sums the searches depend on.
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Half.h>
+#include <torch/library.h>
 
 #include <cfloat>
 #include <cmath>
@@ -215,19 +216,20 @@ float seq_sq(int n, const float* x) { float s = 0; for (int i = 0; i < n; ++i) s
 
 #include "ggml_blocks.h"
 
-torch::Tensor quantize_ggml(const torch::Tensor& w_in, std::string qtype, const std::optional<torch::Tensor>& imp) {
+at::Tensor quantize_ggml(const at::Tensor& w_in, c10::string_view qtype_v, const std::optional<at::Tensor>& imp) {
+  const std::string qtype(qtype_v);
   TORCH_CHECK(w_in.dim() == 2, "quantize_ggml expects a 2-D weight");
-  auto w = w_in.to(torch::kFloat32).contiguous();
+  auto w = w_in.to(at::kFloat).contiguous();
   const int64_t rows = w.size(0), cols = w.size(1);
   const BlockType bt = block_type(qtype);
   TORCH_CHECK(cols % bt.block == 0, "row length ", cols, " is not a multiple of the ", qtype, " block ", bt.block);
-  torch::Tensor qw;
+  at::Tensor qw;
   if (imp.has_value() && imp->defined()) {
-    qw = imp->to(torch::kFloat32).contiguous().reshape({-1});
+    qw = imp->to(at::kFloat).contiguous().reshape({-1});
     TORCH_CHECK(qw.numel() == cols, "importance has ", qw.numel(), " entries; the weight has ", cols, " columns");
   }
   const int64_t nb = cols / bt.block;
-  auto out = torch::empty({rows, nb * bt.size}, torch::kUInt8);
+  auto out = at::empty({rows, nb * bt.size}, at::kByte);
   const float* src = w.data_ptr<float>();
   const float* q = qw.defined() ? qw.data_ptr<float>() : nullptr;
   u8* dst = out.data_ptr<u8>();
@@ -237,6 +239,4 @@ torch::Tensor quantize_ggml(const torch::Tensor& w_in, std::string qtype, const 
   return out;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("quantize_ggml", &quantize_ggml, "ggml block quantization of float rows (byte-exact)");
-}
+TORCH_LIBRARY_IMPL(hfq, CPU, m) { m.impl("quantize_ggml", &quantize_ggml); }

@@ -228,7 +228,7 @@ def quantize_rows(w: torch.Tensor, type_name: str, importance: torch.Tensor | No
         raise ValueError(f"the weight has non-finite values (rows {bad}...); GGML blocks cannot hold them "
                          "(llama.cpp rejects such files). Fix the checkpoint first.")
     if w.device.type == "cpu":
-        build.load("cpu_ggml")
+        build.load("cpu")
     out = ops.op("quantize_ggml")(w, t.name, importance)
     _check_scales(out, t.name, w)
     return out

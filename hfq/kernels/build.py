@@ -1,9 +1,11 @@
-"""Lazy, cached builds of the native kernels in extensions/, registered on the hfq ops they implement.
+"""Lazy, cached builds of the native kernels in extensions/, which register themselves on the hfq ops.
 
-The first use compiles with torch.utils.cpp_extension (ninja) into the user cache, keyed by torch version,
-CUDA version, machine, flags and a hash of the sources, so a rebuild happens only when one of those changes.
-HFQ_NO_EXTENSIONS=1 turns native kernels off; a failed build logs why once and the pure-torch reference keeps
-serving every op. `hfq doctor` shows what is registered.
+The first use compiles with torch.utils.cpp_extension (ninja) into the user cache, keyed by torch version, CUDA
+version, machine, compiler, flags and a hash of the sources, so a rebuild happens only when one of those changes.
+Every instruction-set variant is compiled with explicit target flags and chosen at run time, so one build serves
+any CPU of the machine type (never -march=native). Concurrent builds wait on an OS file lock, which a killed build
+cannot leave held. HFQ_NO_EXTENSIONS=1 turns native kernels off; a failed build logs why once (with the path of
+its log) and the pure-torch reference keeps serving every op. `hfq doctor` shows what is registered.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import os
 import platform
 import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -23,11 +26,17 @@ from .._resources import resource_dir
 logger = logging.getLogger(__name__)
 
 CPU_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fopenmp"]   # OpenMP: at::parallel_for
-# extension name -> (sources under extensions/, {op name: function in the module}, device)
-EXTENSIONS = {"cpu_ggml": (["cpu/ggml_quant.cpp", "cpu/ggml_blocks.h"], {"quantize_ggml": "quantize_ggml"}, "cpu")}
+MAX_JOBS = "2"   # ninja's default (all cores) can exceed a container's process limit
+# extension name -> (sources under extensions/, ops it registers, device)
+EXTENSIONS = {
+    "cpu": (["cpu/ops_cpu.cpp", "cpu/kern_scalar.cpp", "cpu/kern_avx2.cpp", "cpu/kern_avx512.cpp",
+             "cpu/ggml_quant.cpp", "cpu/qlinear.h", "cpu/decode.h", "cpu/ggml_blocks.h"],
+            ("dequantize_int", "dequantize_4bit", "dequantize_8bit_blockwise", "linear_int", "linear_4bit",
+             "dequantize_ggml", "linear_ggml", "quantize_ggml"), "cpu"),
+}
 
 _lock = threading.Lock()
-_state: dict[str, object] = {}   # name -> loaded module, or the error string of a failed build
+_state: dict[str, str] = {}   # name -> "loaded", or the error string of a failed build
 
 
 def disabled() -> bool:
@@ -39,69 +48,113 @@ def cache_root() -> Path:
     return Path(base) / "extensions"
 
 
+def _compiler_version() -> str:
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        return subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout.split("\n")[0]
+    except (OSError, subprocess.SubprocessError):
+        return "none"
+
+
 def build_key(name: str) -> str:
     srcs, _, _ = EXTENSIONS[name]
     h = hashlib.sha256()
-    for part in (torch.__version__, str(torch.version.cuda), platform.machine(), " ".join(CPU_FLAGS)):
+    for part in (torch.__version__, str(torch.version.cuda), platform.machine(), _compiler_version(),
+                 " ".join(CPU_FLAGS)):
         h.update(part.encode())
+        h.update(b"\0")
     root = resource_dir("extensions")
     for s in srcs:
+        h.update(s.encode())
         h.update((root / s).read_bytes())
     return h.hexdigest()[:16]
 
 
-def load(name: str):
-    """Build (once, cached) and register extension `name`. Returns the module, or None when unavailable."""
+def load(name: str) -> bool:
+    """Build (once, cached) and load extension `name`, which registers its kernels. False when unavailable."""
     if disabled():
-        return None
+        return False
     with _lock:
         if name in _state:
-            st = _state[name]
-            return None if isinstance(st, str) else st
+            return _state[name] == "loaded"
         try:
-            mod = _build(name)
+            _build(name)
         except Exception as e:   # compiler missing, headers missing, compile error: fall back, say why once
-            _state[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-            logger.warning("hfq: native kernel %s unavailable, using the pure-torch reference (%s). "
-                           "Run `hfq doctor`; set HFQ_NO_EXTENSIONS=1 to skip the build.", name, _state[name])
-            return None
-        _state[name] = mod
-        return mod
+            text = str(e).strip()
+            _state[name] = f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}"
+            log = _write_log(name, text)
+            logger.warning("hfq: native kernel %s unavailable, using the pure-torch reference (%s). Build log: %s. "
+                           "Run `hfq doctor`; set HFQ_NO_EXTENSIONS=1 to skip the build.", name, _state[name], log)
+            return False
+        _state[name] = "loaded"
+        return True
+
+
+def ensure(device: str | torch.device) -> None:
+    """Load the native kernels for `device` (no-op where there are none)."""
+    dev = torch.device(device).type
+    for name, (_, _, d) in EXTENSIONS.items():
+        if d == dev and name not in _state:
+            load(name)
 
 
 def status() -> dict[str, str]:
     """name -> 'loaded', 'disabled', 'not built yet' or the build error."""
-    out = {}
-    for name in EXTENSIONS:
-        st = _state.get(name)
-        out[name] = ("disabled (HFQ_NO_EXTENSIONS)" if disabled() else "loaded" if st is not None and
-                     not isinstance(st, str) else st if isinstance(st, str) else "not built yet")
-    return out
+    if disabled():
+        return {name: "disabled (HFQ_NO_EXTENSIONS)" for name in EXTENSIONS}
+    return {name: _state.get(name, "not built yet") for name in EXTENSIONS}
 
 
-def _build(name: str):
+def cpu_isa() -> str | None:
+    """The instruction set the CPU kernels use ('avx512', 'avx2' or 'scalar'), or None when they are not loaded."""
+    return torch.ops.hfq_cpu.isa() if _state.get("cpu") == "loaded" else None
+
+
+def _write_log(name: str, text: str) -> Path | None:
+    try:
+        d = cache_root()
+        d.mkdir(parents=True, exist_ok=True)
+        p = d / f"{name}-build.log"
+        p.write_text(text + "\n")
+        return p
+    except OSError:
+        return None
+
+
+def _build(name: str) -> None:
+    from filelock import FileLock
     from torch.utils.cpp_extension import load as cpp_load
 
-    srcs, ops_map, device = EXTENSIONS[name]
+    srcs, _, _ = EXTENSIONS[name]
     key = build_key(name)
     build_dir = cache_root() / f"{name}-{key}"
-    src_dir = build_dir / "src"
-    root = resource_dir("extensions")
-    if not src_dir.is_dir():
-        # Build from a copy inside the cache: ninja tracks source paths, so compiling the checkout's files
-        # directly would rebuild for every checkout or install location with the same sources.
-        tmp = build_dir / f".src-{os.getpid()}"
-        tmp.mkdir(parents=True, exist_ok=True)
-        for s in srcs:
-            shutil.copyfile(root / s, tmp / Path(s).name)
-        try:
-            os.replace(tmp, src_dir)
-        except OSError:   # another process finished first; its copy is identical
+    build_dir.mkdir(parents=True, exist_ok=True)
+    # filelock's lock is an OS lock (flock): the kernel releases it when a build is killed, unlike torch's own
+    # lock file, which a killed build leaves behind for every later load to wait on.
+    with FileLock(str(build_dir) + ".lock", timeout=1800):
+        src_dir = build_dir / "src"
+        root = resource_dir("extensions")
+        if not src_dir.is_dir():
+            # Build from a copy inside the cache: ninja tracks source paths, so compiling the checkout's files
+            # directly would rebuild for every checkout or install location with the same sources.
+            tmp = build_dir / f".src-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
-    cpp = [str(src_dir / Path(s).name) for s in srcs if s.endswith((".cpp", ".cu"))]
-    logger.info("hfq: loading native kernel %s (cache %s; the first build takes about a minute)", name, build_dir)
-    mod = cpp_load(name=f"hfq_{name}_{key}", sources=cpp, extra_cflags=CPU_FLAGS, extra_ldflags=["-fopenmp"],
-                   extra_include_paths=[str(src_dir)], build_directory=str(build_dir), verbose=False)
-    for op_name, fn in ops_map.items():
-        torch.library.register_kernel(f"hfq::{op_name}", device)(getattr(mod, fn))
-    return mod
+            tmp.mkdir(parents=True)
+            for s in srcs:
+                shutil.copyfile(root / s, tmp / Path(s).name)
+            os.replace(tmp, src_dir)
+        cpp = [str(src_dir / Path(s).name) for s in srcs if s.endswith((".cpp", ".cu"))]
+        logger.info("hfq: loading native kernel %s (cache %s; the first build takes a minute or two)", name,
+                    build_dir)
+        # torch's own lock file, left by a killed build, would make cpp_load wait forever; the OS lock above
+        # says no hfq build is running here, so it is stale.
+        (build_dir / "lock").unlink(missing_ok=True)
+        jobs = os.environ.get("MAX_JOBS")
+        os.environ["MAX_JOBS"] = jobs or MAX_JOBS
+        try:
+            cpp_load(name=f"hfq_{name}_{key}", sources=cpp, extra_cflags=CPU_FLAGS, extra_ldflags=["-fopenmp"],
+                     extra_include_paths=[str(src_dir)], build_directory=str(build_dir), is_python_module=False,
+                     verbose=False)
+        finally:
+            if jobs is None:
+                os.environ.pop("MAX_JOBS", None)

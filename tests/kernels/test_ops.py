@@ -57,19 +57,34 @@ def test_dequantize_double_quant_equals_bitsandbytes():
 
 
 def _opcheck_cases():
+    from hfq.algorithms.ggml_quant import quantize_rows
+
     w, s, z = _int_args(4, False)
     x = torch.randn(2, 48)
     nf = quantize_codebook4(torch.randn(8, 64), "nf4", 64, False)
+    g_idx = (torch.arange(48) % 3).to(torch.int32)
     yield "dequantize_int", (w, s, z, 4, torch.float32)
+    yield "dequantize_int", (w, s, None, 4, torch.float16, g_idx)
     yield "linear_int", (x, w, s, z, 4, torch.randn(5))
+    yield "linear_int", (torch.randn(20, 48).bfloat16(), w, s, z, 4, None, g_idx)
     yield "dequantize_4bit", (nf["weight"], nf["absmax"], codebook("nf4"), [8, 64], torch.bfloat16)
     yield "linear_4bit", (torch.randn(3, 64), nf["weight"], nf["absmax"], codebook("nf4"), [8, 64], None)
+    yield "linear_4bit", (torch.randn(2, 9, 64).half(), nf["weight"], nf["absmax"], codebook("nf4"), [8, 64],
+                          torch.randn(8).half())
     yield "dequantize_8bit_blockwise", (torch.randint(0, 256, (300,), dtype=torch.uint8), torch.rand(2),
                                         codebook("dynamic8"), 256)
+    for qt in ("Q4_0", "Q8_0", "Q4_K", "Q6_K"):
+        q = quantize_rows(torch.randn(6, 256), qt, None)
+        yield "dequantize_ggml", (q, qt, 256, torch.float32)
+        yield "linear_ggml", (torch.randn(3, 256), q, qt, 256, torch.randn(6))
+    yield "linear_ggml", (torch.randn(20, 256).bfloat16(), q, "Q6_K", 256, None)
+    yield "quantize_ggml", (torch.randn(4, 256), "Q4_K", torch.rand(256))
+    yield "quantize_ggml", (torch.randn(4, 64), "Q5_1", None)
 
 
 @pytest.mark.parametrize("name,args", list(_opcheck_cases()), ids=lambda v: v if isinstance(v, str) else "")
 def test_opcheck(name, args):
+    """Schema, fake (meta) function, and dispatch of whichever kernel serves CPU (native, or the reference)."""
     opcheck(getattr(torch.ops.hfq, name).default, args)
 
 
@@ -93,4 +108,6 @@ def test_dequantize_int_with_g_idx_matches_a_naive_loop(bits, sym):
             assert got[r, c].item() == float(scales[r, k]) * (int(codes[r, c]) - z)
     x = torch.randn(2, in_f, generator=g)
     y = torch.ops.hfq.linear_int(x, packed, scales, zeros, bits, None, g_idx)
-    torch.testing.assert_close(y, x @ got.T)
+    dense = torch.tensor([[float(scales[r, int(g_idx[c])]) * (int(codes[r, c]) - (2 ** (bits - 1) if sym else
+                           int(zeros[r, int(g_idx[c])]))) for c in range(in_f)] for r in range(out_f)])
+    torch.testing.assert_close(y, x @ dense.T)   # the naive matrix, not hfq's own decode

@@ -1,0 +1,548 @@
+// AVX-512 kernels (F, BW, VL, DQ, VBMI, VNNI): the integer engine for few rows of x.
+//
+// Activations are quantized once per call to int16 in chunks of 64 columns (scale = max|x| / 32767, so the error
+// is at most 2^-16 of the chunk's largest value). Weight codes are unpacked to int16 exactly, with zero points
+// subtracted (signed codes halve the activation error's weight) and k-quant sub-block scales multiplied in as
+// integers. vpdpwssd multiplies them with x into int32 lanes (at most four products per lane, so no overflow);
+// each chunk's lanes are converted to float once and scaled by (weight scale) x (activation scale).
+// K-quant minimums go through float32 sums of x per 16 columns, so they add no activation error.
+//
+// Each format unpacks a 64-column chunk into two int16 vectors v0, v1 in the slot order that is cheapest for its
+// layout, such that lane l of v0 and lane l of v1 share one weight scale; prep() puts x in the same order.
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vnni,fma,f16c,bmi,bmi2")
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "qlinear.h"
+
+namespace {
+#include "decode.h"
+
+using namespace hfq_cpu;
+
+#define HFQ_INLINE inline __attribute__((always_inline))
+
+float dot(const float* a, const float* b, int64_t n) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+    s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + i), _mm512_maskz_loadu_ps(k, b + i), s0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+// ---- slot orders: which column of a 64-column chunk each int16 slot holds (v0 = slots 0..31, v1 = 32..63) ----
+// NAT: natural. EO: even columns, then odd ones (nibble pairs of one byte). L32: two 32-column blocks, their
+// first halves, then their second halves. S16: v0 holds columns 0-7 of each 16-column segment, v1 columns 8-15.
+enum Slot { NAT = 0, EO = 1, L32 = 2, S16 = 3 };
+
+inline int slot_col(Slot s, int slot) {
+  const int v = slot >> 5, j = slot & 31;
+  switch (s) {
+    case EO: return 2 * j + v;
+    case L32: return (j < 16 ? j : j + 16) + 16 * v;
+    case S16: return 16 * (j >> 3) + 8 * v + (j & 7);
+    default: return slot;
+  }
+}
+
+inline __m512i widen_u8(const u8* p) { return _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)p)); }
+inline __m256i two16(const u8* p0, const u8* p1) {   // 16 bytes at p0, then 16 at p1
+  return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)p0)),
+                                 _mm_loadu_si128((const __m128i*)p1), 1);
+}
+inline __m512i nib_lo(__m512i w) { return _mm512_and_si512(w, _mm512_set1_epi16(0xF)); }
+inline __m512i nib_hi(__m512i w) { return _mm512_srli_epi16(w, 4); }
+inline float h2f(const u8* p) { uint16_t h; std::memcpy(&h, p, 2); return _cvtsh_ss(h); }
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+// 16 float lanes: a for lanes 0-7, b for lanes 8-15
+inline __m512 halves(float a, float b) { return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b)); }
+inline __m512i halves16(int a, int b) {   // 32 int16 words: a for words 0-15, b for 16-31
+  return _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16((short)a), _mm512_set1_epi16((short)b));
+}
+
+// ---- formats. chunk(c, v0, v1, s, b4): int16 codes, the per-lane float scale, and the four segments' minimum
+// terms (w = s * v + b within a segment). Chunks are visited in order 0, 1, 2, ... ----
+
+template <int KIND>   // 4: nibbles (EO), 8: bytes, 0: any other width (both S16)
+struct IntRow {   // b-bit codes; groups that are powers of two from 16, or the whole row
+  static constexpr bool has_b = false;
+  const Weight* W;
+  const u8* row;
+  const uint16_t* sc;
+  const u8* zp;
+  int64_t G, nbytes, full;   // full: chunks whose codes and groups lie wholly inside the row
+  int gshift, bits;
+  short zsym;
+  __m512i perm0, perm1, shift0, shift1;   // vpermb + vpsrlvw unpacking (S16 order), bits other than 4
+
+  IntRow(const Weight& w) : W(&w), G(w.in / w.group), nbytes(w.row_bytes), full(w.in / 64),
+                            gshift(__builtin_ctzll((unsigned long long)w.group)), bits(w.bits),
+                            zsym((short)(1 << (w.bits - 1))) {
+    if (KIND == 4) return;
+    alignas(64) uint8_t p[2][64];
+    alignas(64) uint16_t sh[2][32];
+    for (int v = 0; v < 2; ++v)
+      for (int j = 0; j < 32; ++j) {
+        const int bit = slot_col(S16, 32 * v + j) * bits;
+        p[v][2 * j] = (uint8_t)(bit >> 3);
+        p[v][2 * j + 1] = (uint8_t)(bit >> 3 < 63 ? (bit >> 3) + 1 : 63);
+        sh[v][j] = (uint16_t)(bit & 7);
+      }
+    perm0 = _mm512_load_si512(p[0]);
+    perm1 = _mm512_load_si512(p[1]);
+    shift0 = _mm512_load_si512(sh[0]);
+    shift1 = _mm512_load_si512(sh[1]);
+  }
+  void seek(int64_t r) {
+    row = W->w + r * W->row_bytes;
+    sc = W->scales + r * G;
+    zp = W->zeros ? W->zeros + r * G : nullptr;
+  }
+  // Scale per lane and zero per word. Lanes 4s..4s+3 and words 8s..8s+7 of v0 and v1 are segment s (EO, S16).
+  HFQ_INLINE void scales(int64_t c, __m512& s, __m512i& z) const {
+    if (G == 1 || W->group >= 64) {
+      const int64_t g = G == 1 ? 0 : (64 * c) >> gshift;
+      s = _mm512_set1_ps(h2f(sc[g]));
+      z = _mm512_set1_epi16(zp ? (short)zp[g] : zsym);
+    } else if (W->group == 32 && c < full) {
+      s = halves(h2f(sc[2 * c]), h2f(sc[2 * c + 1]));
+      z = zp ? halves16(zp[2 * c], zp[2 * c + 1]) : _mm512_set1_epi16(zsym);
+    } else {   // groups of 16, and the last, partial chunk of groups of 32
+      alignas(16) float A[4];
+      alignas(64) short Z[32] = {0};
+      for (int k = 0; k < 4; ++k) {
+        int64_t g = (64 * c + 16 * k) >> gshift;
+        if (g >= G) g = G - 1;   // segments past the row end: their codes and x are zero
+        A[k] = h2f(sc[g]);
+        Z[k] = zp ? (short)zp[g] : zsym;
+      }
+      s = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+                                _mm512_castps128_ps512(_mm_load_ps(A)));
+      z = _mm512_permutexvar_epi16(_mm512_srli_epi16(_mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21,
+          20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 3), _mm512_load_si512(Z));
+    }
+  }
+  HFQ_INLINE __m512i bytes(int64_t off, int64_t n) const {   // n (<= 64) bytes at off, zero past the row end
+    const int64_t avail = nbytes - off;
+    if (avail >= 64) return _mm512_loadu_si512(row + off);
+    const __mmask64 k = avail >= n ? (n == 64 ? ~0ull : ((1ull << n) - 1)) : ((1ull << avail) - 1);
+    return _mm512_maskz_loadu_epi8(k, row + off);
+  }
+  HFQ_INLINE void chunk(int64_t c, __m512i& v0, __m512i& v1, __m512& s, __m128& b4) const {
+    if (KIND == 4) {   // EO: byte j holds columns 2j (low nibble) and 2j+1
+      const __m512i w = c < full ? widen_u8(row + 32 * c)
+                                 : _mm512_cvtepu8_epi16(_mm512_castsi512_si256(bytes(32 * c, 32)));
+      v0 = nib_lo(w);
+      v1 = nib_hi(w);
+    } else if (KIND == 8) {
+      const __m512i b = bytes(64 * c, 64);
+      v0 = _mm512_maskz_permutexvar_epi8(0x5555555555555555ull, perm0, b);
+      v1 = _mm512_maskz_permutexvar_epi8(0x5555555555555555ull, perm1, b);
+    } else {   // the two bytes around each code's bit offset, shifted down and masked
+      const __m512i b = bytes(8 * bits * c, 8 * bits);
+      const __m512i mask = _mm512_set1_epi16((short)((1 << bits) - 1));
+      v0 = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(perm0, b), shift0), mask);
+      v1 = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(perm1, b), shift1), mask);
+    }
+    __m512i z;
+    scales(c, s, z);
+    v0 = _mm512_sub_epi16(v0, z);   // past the row end x is zero, so these slots add nothing
+    v1 = _mm512_sub_epi16(v1, z);
+    b4 = _mm_setzero_ps();
+  }
+};
+
+struct Lut4Row {   // nf4/fp4 (EO), rows aligned to 64 columns in the flattened stream
+  static constexpr bool has_b = false;
+  const Weight* W;
+  const u8* p;
+  const float* am;
+  __m512i table;
+  float inv;
+  int gshift;
+  Lut4Row(const Weight& w, const __m512i& t, float inv_scale)
+      : W(&w), table(t), inv(inv_scale), gshift(__builtin_ctzll((unsigned long long)w.group)) {}
+  void seek(int64_t r) { p = W->w + r * W->in / 2; am = W->absmax + ((r * W->in) >> gshift); }
+  HFQ_INLINE void chunk(int64_t c, __m512i& v0, __m512i& v1, __m512& s, __m128& b4) const {
+    const __m512i w = widen_u8(p + 32 * c);
+    v0 = _mm512_permutexvar_epi16(nib_hi(w), table);   // the first code of a byte is in its high nibble
+    v1 = _mm512_permutexvar_epi16(nib_lo(w), table);
+    if (W->group >= 64) s = _mm512_set1_ps(am[(64 * c) >> gshift] * inv);
+    else s = halves(am[2 * c] * inv, am[2 * c + 1] * inv);   // blocks of 32: lanes 0-7 hold columns 0..31
+    b4 = _mm_setzero_ps();
+  }
+};
+
+// Legacy 32-blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): a chunk is two blocks, L32 order.
+template <int FMT>
+struct LegacyRow {
+  static constexpr bool has_b = FMT == FMT_Q4_1 || FMT == FMT_Q5_1;   // minimums; the other codes are signed
+  static constexpr int BYTES = FMT == FMT_Q4_0 ? 18 : FMT == FMT_Q4_1 ? 20 : FMT == FMT_Q5_0 ? 22
+                             : FMT == FMT_Q5_1 ? 24 : 34;
+  static constexpr int QS = FMT == FMT_Q4_0 ? 2 : FMT == FMT_Q4_1 ? 4 : FMT == FMT_Q5_0 ? 6 : FMT == FMT_Q5_1 ? 8 : 2;
+  const Weight* W;
+  const u8* row;
+  int64_t nblk;
+  explicit LegacyRow(const Weight& w) : W(&w), nblk(w.in / 32) {}
+  void seek(int64_t r) { row = W->w + r * W->row_bytes; }
+  HFQ_INLINE void chunk(int64_t c, __m512i& v0, __m512i& v1, __m512& s, __m128& b4) const {
+    const u8* b0 = row + 2 * c * BYTES;
+    const bool two = 2 * c + 1 < nblk;
+    const u8* b1 = two ? b0 + BYTES : b0;   // a lone last block: its twin's codes are zeroed below
+    const float d0 = h2f(b0), d1 = two ? h2f(b1) : 0.f;
+    s = halves(d0, d1);
+    if (FMT == FMT_Q8_0) {
+      v0 = _mm512_cvtepi8_epi16(two16(b0 + 2, b1 + 2));
+      v1 = _mm512_cvtepi8_epi16(two16(b0 + 18, b1 + 18));
+      b4 = _mm_setzero_ps();
+    } else {
+      const __m512i w = _mm512_cvtepu8_epi16(two16(b0 + QS, b1 + QS));
+      v0 = nib_lo(w);
+      v1 = nib_hi(w);
+      if (FMT == FMT_Q5_0 || FMT == FMT_Q5_1) {
+        constexpr int QH = FMT == FMT_Q5_0 ? 2 : 4;
+        uint32_t h0, h1;
+        std::memcpy(&h0, b0 + QH, 4);
+        std::memcpy(&h1, b1 + QH, 4);
+        const __mmask32 k0 = (h0 & 0xFFFF) | (h1 << 16), k1 = (h0 >> 16) | (h1 & 0xFFFF0000u);
+        v0 = _mm512_mask_add_epi16(v0, k0, v0, _mm512_set1_epi16(16));   // the nibble is below 16: + is |
+        v1 = _mm512_mask_add_epi16(v1, k1, v1, _mm512_set1_epi16(16));
+      }
+      if (FMT == FMT_Q4_0 || FMT == FMT_Q5_0) {
+        const __m512i off = _mm512_set1_epi16(FMT == FMT_Q4_0 ? 8 : 16);
+        v0 = _mm512_sub_epi16(v0, off);
+        v1 = _mm512_sub_epi16(v1, off);
+        b4 = _mm_setzero_ps();
+      } else {
+        const float B0 = h2f(b0 + 2), B1 = two ? h2f(b1 + 2) : 0.f;
+        b4 = _mm_set_ps(B1, B1, B0, B0);
+      }
+    }
+    if (!two) {
+      v0 = _mm512_maskz_mov_epi16(0x0000FFFFu, v0);
+      v1 = _mm512_maskz_mov_epi16(0x0000FFFFu, v1);
+    }
+  }
+};
+
+// K-quants: a chunk is a quarter of a 256-column super-block, NAT order. Sub-block scales are multiplied into
+// the codes as integers, so one float scale (the super-block's d) serves the whole chunk.
+template <int FMT>
+struct KRow {
+  static constexpr bool has_b = FMT == FMT_Q2_K || FMT == FMT_Q4_K || FMT == FMT_Q5_K;   // minimums
+  static constexpr int BYTES = FMT == FMT_Q2_K ? 84 : FMT == FMT_Q3_K ? 110 : FMT == FMT_Q4_K ? 144
+                             : FMT == FMT_Q5_K ? 176 : 210;
+  const Weight* W;
+  const u8* row;
+  float d;
+  __m512i scw;                // integer scale per 16-column segment of the current super-block, words 0..15
+  alignas(16) float B[16];    // minimum term per segment
+  __m512i idx[4][2];          // words of v0/v1 of chunk q -> their segment
+  explicit KRow(const Weight& w) : W(&w) {
+    for (int q = 0; q < 4; ++q)
+      for (int v = 0; v < 2; ++v) {
+        alignas(64) short t[32];
+        for (int j = 0; j < 32; ++j) t[j] = (short)(4 * q + 2 * v + j / 16);
+        idx[q][v] = _mm512_load_si512(t);
+      }
+  }
+  void seek(int64_t r) { row = W->w + r * W->row_bytes; }
+  HFQ_INLINE void mins(__m128i m8, float dmin, bool pairs) {   // B = -(dmin * m), m: bytes
+    const __m512 m = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(m8));
+    const __m512 b = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(_mm512_set1_ps(dmin), m));
+    if (pairs)   // one minimum per 32 columns: segments 2j and 2j+1 share m[j]
+      _mm512_store_ps(B, _mm512_permutexvar_ps(_mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0), b));
+    else
+      _mm512_store_ps(B, b);
+  }
+  HFQ_INLINE void superblock(const u8* b) {
+    if (FMT == FMT_Q4_K || FMT == FMT_Q5_K) {   // 6-bit scales and mins, ggml's packing (k4_scale_min)
+      uint32_t u[4];
+      std::memcpy(u, b + 4, 12);
+      const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+      u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+      const uint32_t m03 = u[1] & k1;
+      u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+      u[2] = m03;
+      u[0] &= k1;
+      const __m128i v = _mm_loadu_si128((const __m128i*)u);   // bytes 0-7 scales, 8-15 mins
+      d = h2f(b);
+      scw = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(v, v)));   // per segment
+      mins(_mm_srli_si128(v, 8), h2f(b + 2), true);
+    } else if (FMT == FMT_Q6_K) {
+      d = h2f(b + 208);
+      scw = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(b + 192))));
+    } else if (FMT == FMT_Q3_K) {   // q3_scale: low nibbles from bytes 0..7, two high bits from bytes 8..11
+      d = h2f(b + 108);
+      const __m128i s = _mm_loadu_si128((const __m128i*)(b + 96));
+      const __m128i lo = _mm_and_si128(_mm_unpacklo_epi64(s, _mm_srli_epi16(s, 4)), _mm_set1_epi8(0xF));
+      const __m256i hb = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(s, _mm_set_epi8(11, 10, 9, 8, 11, 10, 9, 8, 11, 10, 9,
+                                                                                   8, 11, 10, 9, 8)));
+      const __m256i hi = _mm256_and_si256(_mm256_srlv_epi16(hb, _mm256_set_epi16(6, 6, 6, 6, 4, 4, 4, 4, 2, 2, 2, 2,
+                                                                                0, 0, 0, 0)), _mm256_set1_epi16(3));
+      const __m256i sc = _mm256_or_si256(_mm256_cvtepu8_epi16(lo), _mm256_slli_epi16(hi, 4));
+      scw = _mm512_castsi256_si512(_mm256_sub_epi16(sc, _mm256_set1_epi16(32)));
+    } else {   // Q2_K: scale in the low nibble, minimum in the high one
+      d = h2f(b + 80);
+      const __m128i s = _mm_loadu_si128((const __m128i*)b);
+      scw = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(s, _mm_set1_epi8(0xF))));
+      mins(_mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0xF)), h2f(b + 82), false);
+    }
+  }
+  HFQ_INLINE void chunk(int64_t c, __m512i& v0, __m512i& v1, __m512& s, __m128& b4) {
+    const u8* b = row + (c >> 2) * BYTES;
+    const int q = (int)(c & 3);
+    if (q == 0) superblock(b);
+    if (FMT == FMT_Q4_K || FMT == FMT_Q5_K) {
+      const __m512i w = widen_u8(b + (FMT == FMT_Q4_K ? 16 : 48) + 32 * q);
+      v0 = nib_lo(w);
+      v1 = nib_hi(w);
+      if (FMT == FMT_Q5_K) {   // high bit of column 64q + 32h + l is bit 2q + h of qh[l]
+        const __m256i qh = _mm256_loadu_si256((const __m256i*)(b + 16));
+        const __mmask32 k0 = _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << (2 * q))));
+        const __mmask32 k1 = _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << (2 * q + 1))));
+        v0 = _mm512_mask_add_epi16(v0, k0, v0, _mm512_set1_epi16(16));
+        v1 = _mm512_mask_add_epi16(v1, k1, v1, _mm512_set1_epi16(16));
+      }
+    } else {
+      if (FMT == FMT_Q6_K) {   // column 32c' + l of this chunk: nibble (q&1) of ql[64h + 32c' + l], 2 bits of qh
+        const int h = q >> 1;
+        const __m128i sl = _mm_cvtsi32_si128(4 * (q & 1));
+        const __m512i hb = widen_u8(b + 128 + 32 * h), m4 = _mm512_set1_epi16(0xF), m2 = _mm512_set1_epi16(0x30);
+        const __m512i h0 = _mm512_and_si512(_mm512_srl_epi16(_mm512_slli_epi16(hb, 4), sl), m2);
+        const __m512i h1 = _mm512_and_si512(_mm512_srl_epi16(_mm512_slli_epi16(hb, 2), sl), m2);
+        const __m512i off = _mm512_set1_epi16(32);
+        v0 = _mm512_sub_epi16(_mm512_or_si512(_mm512_and_si512(_mm512_srl_epi16(widen_u8(b + 64 * h), sl), m4), h0), off);
+        v1 = _mm512_sub_epi16(_mm512_or_si512(_mm512_and_si512(_mm512_srl_epi16(widen_u8(b + 64 * h + 32), sl), m4), h1), off);
+      } else {   // Q2_K, Q3_K: 2-bit planes 2(q&1) and 2(q&1)+1 of qs[32h .. 32h+31]
+        const int h = q >> 1, k0 = 2 * (q & 1);
+        const __m512i w = widen_u8(b + (FMT == FMT_Q3_K ? 32 : 16) + 32 * h), m3 = _mm512_set1_epi16(3);
+        v0 = _mm512_and_si512(_mm512_srl_epi16(w, _mm_cvtsi32_si128(2 * k0)), m3);
+        v1 = _mm512_and_si512(_mm512_srl_epi16(w, _mm_cvtsi32_si128(2 * k0 + 2)), m3);
+        if (FMT == FMT_Q3_K) {   // high bit of column 64q + i is bit 2q + i/32 of hmask[i % 32]; codes are q - 4
+          const __m256i hm = _mm256_loadu_si256((const __m256i*)b);
+          const __mmask32 k0m = _mm256_test_epi8_mask(hm, _mm256_set1_epi8((char)(1 << (2 * q))));
+          const __mmask32 k1m = _mm256_test_epi8_mask(hm, _mm256_set1_epi8((char)(1 << (2 * q + 1))));
+          const __m512i four = _mm512_set1_epi16(4);
+          v0 = _mm512_sub_epi16(_mm512_mask_add_epi16(v0, k0m, v0, four), four);
+          v1 = _mm512_sub_epi16(_mm512_mask_add_epi16(v1, k1m, v1, four), four);
+        }
+      }
+    }
+    v0 = _mm512_mullo_epi16(v0, _mm512_permutexvar_epi16(idx[q][0], scw));
+    v1 = _mm512_mullo_epi16(v1, _mm512_permutexvar_epi16(idx[q][1], scw));
+    s = _mm512_set1_ps(d);
+    b4 = has_b ? _mm_loadu_ps(B + 4 * q) : _mm_setzero_ps();
+  }
+};
+
+// ---- the engine: one weight row against MT rows of x ----
+
+template <class R, int MT>
+inline void run_row(R& row, const Acts& a, int m0, int64_t r, int64_t out, float* y) {
+  __m512 f[MT];
+  __m128 fb[MT];
+  for (int m = 0; m < MT; ++m) { f[m] = _mm512_setzero_ps(); fb[m] = _mm_setzero_ps(); }
+  const int64_t cs = a.chunks;
+  for (int64_t c = 0; c < cs; ++c) {
+    __m512i v0, v1;
+    __m512 s;
+    __m128 b4;
+    row.chunk(c, v0, v1, s, b4);
+    for (int m = 0; m < MT; ++m) {
+      const int64_t i = (m0 + m) * cs + c;
+      const int16_t* xq = a.q + i * 64;
+      __m512i p = _mm512_dpwssd_epi32(_mm512_setzero_si512(), v0, _mm512_loadu_si512(xq));
+      p = _mm512_dpwssd_epi32(p, v1, _mm512_loadu_si512(xq + 32));
+      f[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(s, _mm512_set1_ps(a.d[i])), f[m]);
+      if (R::has_b) fb[m] = _mm_fmadd_ps(b4, _mm_loadu_ps(a.s16 + i * 4), fb[m]);
+    }
+  }
+  for (int m = 0; m < MT; ++m) {
+    float b = 0;
+    if (R::has_b) {
+      __m128 h = fb[m];
+      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_add_ss(h, _mm_movehdup_ps(h));
+      b = _mm_cvtss_f32(h);
+    }
+    y[(m0 + m) * out + r] = _mm512_reduce_add_ps(f[m]) + b;
+  }
+}
+
+template <class R>
+void run(R row, const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
+  for (int64_t r = r0; r < r1; ++r) {
+    int m0 = 0;
+    for (; m0 + 4 <= a.m; m0 += 4) { row.seek(r); run_row<R, 4>(row, a, m0, r, W.out, y); }
+    row.seek(r);
+    switch (a.m - m0) {
+      case 3: run_row<R, 3>(row, a, m0, r, W.out, y); break;
+      case 2: run_row<R, 2>(row, a, m0, r, W.out, y); break;
+      case 1: run_row<R, 1>(row, a, m0, r, W.out, y); break;
+      default: break;
+    }
+  }
+}
+
+Slot slot_of(const Weight& W) {
+  if (W.fmt == FMT_LUT4) return EO;
+  if (W.fmt == FMT_INT) return W.bits == 4 ? EO : S16;
+  if (W.fmt >= FMT_Q4_0 && W.fmt <= FMT_Q8_0) return L32;
+  return NAT;
+}
+
+bool fast(const Weight& W) {
+  if (W.g_idx) return false;
+  if (W.fmt == FMT_LUT4) return W.in % 64 == 0 && (W.group >= 64 || W.group == 32);
+  if (W.fmt == FMT_INT) return W.group == W.in || (W.group >= 16 && (W.group & (W.group - 1)) == 0);
+  return true;
+}
+
+void prep(const Weight& W, Acts& a) {
+  const Slot s = slot_of(W);
+  alignas(64) int idx[4][16];
+  for (int t = 0; t < 4; ++t)
+    for (int l = 0; l < 16; ++l) idx[t][l] = slot_col(s, 16 * t + l);
+  __m512i ix[4];
+  for (int t = 0; t < 4; ++t) ix[t] = _mm512_load_si512(idx[t]);
+  for (int m = 0; m < a.m; ++m) {
+    const float* x = a.x + m * a.k;
+    for (int64_t c = 0; c < a.chunks; ++c) {
+      alignas(64) float v[64];
+      for (int j = 0; j < 4; ++j) {
+        const int64_t k = 64 * c + 16 * j, n = a.k - k;
+        const __mmask16 mk = n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+        const __m512 xv = _mm512_maskz_loadu_ps(mk, x + (n > 0 ? k : 0));
+        _mm512_store_ps(v + 16 * j, xv);
+        a.s16[(m * a.chunks + c) * 4 + j] = _mm512_reduce_add_ps(xv);
+      }
+      __m512 t[4], amax = _mm512_setzero_ps(), sum = _mm512_setzero_ps();
+      const __m512 x0 = _mm512_load_ps(v), x1 = _mm512_load_ps(v + 16), x2 = _mm512_load_ps(v + 32),
+                   x3 = _mm512_load_ps(v + 48);
+      for (int j = 0; j < 4; ++j) {   // slot l of vector j holds column idx[j][l]
+        const __m512 lo = _mm512_permutex2var_ps(x0, ix[j], x1), hi = _mm512_permutex2var_ps(x2, ix[j], x3);
+        t[j] = _mm512_mask_blend_ps(_mm512_test_epi32_mask(ix[j], _mm512_set1_epi32(32)), lo, hi);
+        amax = _mm512_max_ps(amax, _mm512_abs_ps(t[j]));
+        sum = _mm512_add_ps(sum, t[j]);
+      }
+      const int64_t i = m * a.chunks + c;
+      const float mx = _mm512_reduce_max_ps(amax), total = _mm512_reduce_add_ps(sum);
+      const bool finite = total - total == 0.f;   // a nan or inf in x must reach y, as in the reference
+      const float inv = mx > 0 && finite ? 32767.f / mx : 0.f;
+      a.d[i] = finite ? mx / 32767.f : __builtin_nanf("");
+      const __m512 iv = _mm512_set1_ps(inv);
+      for (int j = 0; j < 4; ++j)
+        _mm256_storeu_si256((__m256i*)(a.q + i * 64 + 16 * j), _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(t[j], iv))));
+    }
+  }
+}
+
+void gemv(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
+  if (!fast(W)) return gemv_generic<dot>(W, a, r0, r1, y);
+  switch (W.fmt) {
+    case FMT_INT:
+      if (W.bits == 4) return run(IntRow<4>(W), W, a, r0, r1, y);
+      if (W.bits == 8) return run(IntRow<8>(W), W, a, r0, r1, y);
+      return run(IntRow<0>(W), W, a, r0, r1, y);
+    case FMT_LUT4: {
+      float mx = 0;
+      for (int i = 0; i < 16; ++i) mx = W.lut[i] > mx ? W.lut[i] : (-W.lut[i] > mx ? -W.lut[i] : mx);
+      const float scale = mx > 0 ? 16383.f / mx : 0.f;   // four products of 2^14 x 2^15 stay below 2^31
+      alignas(64) int16_t t[32];
+      for (int i = 0; i < 32; ++i) t[i] = (int16_t)__builtin_lrintf(W.lut[i & 15] * scale);
+      return run(Lut4Row(W, _mm512_load_si512(t), mx > 0 ? mx / 16383.f : 0.f), W, a, r0, r1, y);
+    }
+    case FMT_Q4_0: return run(LegacyRow<FMT_Q4_0>(W), W, a, r0, r1, y);
+    case FMT_Q4_1: return run(LegacyRow<FMT_Q4_1>(W), W, a, r0, r1, y);
+    case FMT_Q5_0: return run(LegacyRow<FMT_Q5_0>(W), W, a, r0, r1, y);
+    case FMT_Q5_1: return run(LegacyRow<FMT_Q5_1>(W), W, a, r0, r1, y);
+    case FMT_Q8_0: return run(LegacyRow<FMT_Q8_0>(W), W, a, r0, r1, y);
+    case FMT_Q2_K: return run(KRow<FMT_Q2_K>(W), W, a, r0, r1, y);
+    case FMT_Q3_K: return run(KRow<FMT_Q3_K>(W), W, a, r0, r1, y);
+    case FMT_Q4_K: return run(KRow<FMT_Q4_K>(W), W, a, r0, r1, y);
+    case FMT_Q5_K: return run(KRow<FMT_Q5_K>(W), W, a, r0, r1, y);
+    case FMT_Q6_K: return run(KRow<FMT_Q6_K>(W), W, a, r0, r1, y);
+    default: return gemv_generic<dot>(W, a, r0, r1, y);
+  }
+}
+
+
+// ---- exact dequantization, vectorized for int (4 and 8 bits) and nf4/fp4; GGML blocks use decode.h ----
+
+inline void store16(const __m512 v, void* out, int64_t i, int ot) {   // round 16 floats into the output type
+  if (ot == OUT_F32) { _mm512_storeu_ps(static_cast<float*>(out) + i, v); return; }
+  uint16_t* o = static_cast<uint16_t*>(out) + i;
+  if (ot == OUT_F16) { _mm256_storeu_si256((__m256i*)o, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); return; }
+  const __m512i u = _mm512_castps_si512(v);   // bfloat16: round to nearest even, NaN -> 0x7FC0 (c10::BFloat16)
+  const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)),
+                                                       _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  _mm256_storeu_si256((__m256i*)o, _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7FC0))));
+}
+
+// 32 codes of one byte-pair layout -> natural order: byte j holds columns 2j and 2j+1 (first and second nibble).
+inline void pairs(__m512 first, __m512 second, __m512& y0, __m512& y1) {
+  const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  y0 = _mm512_permutex2var_ps(first, lo, second);
+  y1 = _mm512_permutex2var_ps(first, _mm512_add_epi32(lo, _mm512_set1_epi32(8)), second);
+}
+
+void dequant(const Weight& W, int64_t r0, int64_t r1, void* out, int ot) {
+  const bool int_fast = W.fmt == FMT_INT && !W.g_idx && (W.bits == 4 || W.bits == 8) && W.group % 32 == 0;
+  const bool lut_fast = W.fmt == FMT_LUT4 && W.in % 32 == 0 && W.group >= 32;
+  if (!int_fast && !lut_fast) return dequant_rows(W, r0, r1, out, ot);
+  const __m512i m4 = _mm512_set1_epi32(0xF);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t base = (r - r0) * W.in;
+    if (lut_fast) {
+      const __m512 lut = _mm512_loadu_ps(W.lut);
+      for (int64_t k = 0; k < W.in; k += 32) {
+        const int64_t f = r * W.in + k;
+        const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(W.w + f / 2)));
+        const __m512 a = _mm512_set1_ps(W.absmax[f / W.group]);
+        __m512 y0, y1;   // the first code of a byte is in its high nibble
+        pairs(_mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), lut), a),
+              _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(b, m4), lut), a), y0, y1);
+        store16(y0, out, base + k, ot);
+        store16(y1, out, base + k + 16, ot);
+      }
+      continue;
+    }
+    const u8* row = W.w + r * W.row_bytes;
+    const uint16_t* sc = W.scales + r * (W.in / W.group);
+    const u8* zp = W.zeros ? W.zeros + r * (W.in / W.group) : nullptr;
+    for (int64_t k = 0; k < W.in; k += 32) {
+      const int64_t g = k / W.group;
+      const __m512 s = _mm512_set1_ps(h2f(sc[g]));
+      const __m512 z = _mm512_set1_ps(zp ? (float)zp[g] : (float)(1 << (W.bits - 1)));
+      if (W.bits == 4) {
+        const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(row + k / 2)));
+        __m512 y0, y1;
+        pairs(_mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_and_si512(b, m4)), z), s),
+              _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4)), z), s), y0, y1);
+        store16(y0, out, base + k, ot);
+        store16(y1, out, base + k + 16, ot);
+      } else {
+        for (int h = 0; h < 2; ++h) {
+          const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(row + k + 16 * h)));
+          store16(_mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(b), z), s), out, base + k + 16 * h, ot);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+namespace hfq_cpu {
+const Kernels kernels_avx512 = {"avx512", dequant, fast, prep, gemv};
+}
