@@ -11,7 +11,7 @@ def f32_gguf(dst: Path) -> Path:
     """The shipped Gemma-3-270M Q4_K_M file with every tensor dequantized to F32 (all metadata copied)."""
     import gguf
 
-    from hfq.models import gguf_path
+    from hfq.embedded import gguf_path
 
     if dst.exists():
         return dst

@@ -87,9 +87,38 @@ def tiny_model_dir(request, tiny_llama_dir, tiny_gemma3_dir):
 @pytest.fixture(scope="session")
 def gemma_dir():
     """The embedded Gemma-3-270M as a float folder (built once into the hfq cache)."""
-    from hfq.models import local_model
+    from hfq.embedded import local_model
 
     return local_model("gemma-3-270m")
+
+
+@pytest.fixture(scope="session")
+def llama_quantize_bin():
+    from ggml_oracle import llama_tool
+
+    return llama_tool("llama-quantize")
+
+
+@pytest.fixture(scope="session")
+def llama_imatrix_bin():
+    from ggml_oracle import llama_tool
+
+    return llama_tool("llama-imatrix")
+
+
+@pytest.fixture(scope="session")
+def llama_perplexity_bin():
+    from ggml_oracle import llama_tool
+
+    return llama_tool("llama-perplexity")
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_src():
+    """llama.cpp's source tree from the same sdist (convert_hf_to_gguf.py, gguf-py)."""
+    from ggml_oracle import llama_tool
+
+    return llama_tool("convert_hf_to_gguf.py")
 
 
 def _export_model(arch: str):

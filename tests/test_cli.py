@@ -84,7 +84,7 @@ def test_doctor_lists_every_op():
 
 
 def test_card_escapes_metadata(tiny_llama_dir, tmp_path):
-    from hfq.cards import render_card
+    from hfq.publish.cards import render_card
     from hfq.checkpoint import describe
 
     out = tmp_path / "q"

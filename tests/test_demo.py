@@ -45,7 +45,7 @@ def test_demo_quick(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("HFQ_FULL_DEMO"), reason="the full demo takes ~10 minutes; HFQ_FULL_DEMO=1")
 def test_demo_full(tmp_path, capsys):
-    from hfq.variants import STANDARD
+    from hfq.publish.variants import STANDARD
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out)]) == 0

@@ -7,15 +7,15 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hfq.evaluation import chunks, default_text, evaluate
-from hfq.models import gguf_path
+from hfq.evaluation import chunks, default_text, score
+from hfq.embedded import gguf_path
 
 
 def test_self_comparison_is_exact(llama256_dir):
     model = AutoModelForCausalLM.from_pretrained(llama256_dir)
     g = torch.Generator().manual_seed(0)
     windows = [torch.randint(2, 512, (1, 64), generator=g) for _ in range(3)]
-    r = evaluate(model, windows, base=model, progress=False)
+    r = score(model, windows, base=model, progress=False)
     assert r["kl"] == 0.0 and r["top1"] == 1.0
     assert r["scored_tokens"] == 3 * 31 and r["chunks"] == 3
     # perplexity from its definition, written independently: cross-entropy of the second half of each chunk
@@ -46,8 +46,8 @@ def test_gguf_file_through_llama_cpp_against_transformers(gemma_dir):
     tok = AutoTokenizer.from_pretrained(gemma_dir)
     windows = chunks(tok, default_text()[0], n_ctx=512, max_chunks=2)
     hf = AutoModelForCausalLM.from_pretrained(gemma_dir, dtype=torch.float32)
-    ref = evaluate(hf, windows, progress=False)
-    r = evaluate(str(gguf_path()), windows, base=hf, threads=2, progress=False)
+    ref = score(hf, windows, progress=False)
+    r = score(str(gguf_path()), windows, base=hf, threads=2, progress=False)
     print(f"llama.cpp Q4_K_M file vs transformers: ppl {r['ppl']:.3f} vs {ref['ppl']:.3f}, KL {r['kl']:.4f}, "
           f"top-1 {r['top1']:.3f}")
     assert r["kl"] < 0.025 and r["top1"] > 0.9
@@ -56,6 +56,6 @@ def test_gguf_file_through_llama_cpp_against_transformers(gemma_dir):
 
 def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        evaluate(str(tmp_path / "x.gguf"), [torch.zeros(1, 8, dtype=torch.long)])
+        score(str(tmp_path / "x.gguf"), [torch.zeros(1, 8, dtype=torch.long)])
     with pytest.raises(ValueError, match="no evaluation windows"):
-        evaluate("x.gguf", [])
+        score("x.gguf", [])

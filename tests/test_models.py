@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hfq
 from hfq.cli import main
-from hfq.models import resolve
+from hfq.embedded import resolve
 
 from helpers import PARAGRAPH  # noqa: E402
 

@@ -73,13 +73,13 @@ def _layer(seed, out_f=48, in_f=256, tokens=1024, rank=32):
 
 
 GRIDS = {
-    "int4-g32-sym": dict(storage="rtn", bits=4, group_size=32, sym=True),
-    "int3-g64-asym": dict(storage="rtn", bits=3, group_size=64, sym=False),
-    "int4-pc": dict(storage="rtn", bits=4, group_size=-1, sym=True),
-    "nf4-b32": dict(storage="nf4", group_size=32),
-    "Q4_K": dict(storage="gguf", ggml="Q4_K"),
-    "Q3_K": dict(storage="gguf", ggml="Q3_K"),
-    "Q4_0": dict(storage="gguf", ggml="Q4_0"),
+    "int4-g32-sym": dict(layout="rtn", bits=4, group_size=32, sym=True),
+    "int3-g64-asym": dict(layout="rtn", bits=3, group_size=64, sym=False),
+    "int4-pc": dict(layout="rtn", bits=4, group_size=-1, sym=True),
+    "nf4-b32": dict(layout="nf4", group_size=32),
+    "Q4_K": dict(layout="gguf", ggml="Q4_K"),
+    "Q3_K": dict(layout="gguf", ggml="Q3_K"),
+    "Q4_0": dict(layout="gguf", ggml="Q4_0"),
 }
 
 
@@ -89,7 +89,7 @@ def test_lazy_batched_equals_naive_obq(name, desc_act, static):
     grid = make_grid(**GRIDS[name])
     if grid.step > 1 and desc_act:
         pytest.skip("GGML blocks keep column order")
-    if grid.storage == "nf4" and desc_act and not static:
+    if grid.layout == "nf4" and desc_act and not static:
         pytest.skip("nf4 has no g_idx")
     W, _, H = _layer(1, out_f=16, in_f=256 if grid.step > 1 else 128)
     H = H.double()
@@ -116,10 +116,10 @@ def test_group_aware_order_equals_naive_obq_in_that_order(name):
 
 @pytest.mark.parametrize("name", ["int4-g128-sym", "int4-g128-asym", "int3-g128-sym", "nf4-b64", "Q4_K", "Q3_K"])
 def test_gptq_beats_rtn_on_correlated_inputs(name):
-    spec = {"int4-g128-sym": dict(storage="rtn", bits=4, group_size=128, sym=True),
-            "int4-g128-asym": dict(storage="rtn", bits=4, group_size=128, sym=False),
-            "int3-g128-sym": dict(storage="rtn", bits=3, group_size=128, sym=True),
-            "nf4-b64": dict(storage="nf4", group_size=64)}.get(name) or GRIDS[name]
+    spec = {"int4-g128-sym": dict(layout="rtn", bits=4, group_size=128, sym=True),
+            "int4-g128-asym": dict(layout="rtn", bits=4, group_size=128, sym=False),
+            "int3-g128-sym": dict(layout="rtn", bits=3, group_size=128, sym=True),
+            "nf4-b64": dict(layout="nf4", group_size=64)}.get(name) or GRIDS[name]
     grid = make_grid(**spec)
     ratios = []
     for seed in range(4):
@@ -193,10 +193,10 @@ def test_bad_inputs():
         gptq_quantize(W, H, make_grid("nf4", group_size=32), desc_act=True)
 
 
-@pytest.mark.parametrize("spec", [dict(storage="rtn", bits=3, group_size=32, sym=False),
-                                  dict(storage="rtn", bits=4, group_size=-1, sym=True),
-                                  dict(storage="nf4", group_size=64), dict(storage="nf4", group_size=64, double_quant=True),
-                                  dict(storage="gguf", ggml="Q3_K")], ids=str)
+@pytest.mark.parametrize("spec", [dict(layout="rtn", bits=3, group_size=32, sym=False),
+                                  dict(layout="rtn", bits=4, group_size=-1, sym=True),
+                                  dict(layout="nf4", group_size=64), dict(layout="nf4", group_size=64, double_quant=True),
+                                  dict(layout="gguf", ggml="Q3_K")], ids=str)
 def test_fake_quant_equals_decoded_rtn_layout(spec):
     """AWQ's fake quantizer is exactly the stored round-to-nearest result."""
     grid = make_grid(**spec)
