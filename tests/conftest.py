@@ -26,6 +26,15 @@ os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{os.environ['HFQ_TEST_HUB_PORT']}
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
 
+@pytest.hookimpl(tryfirst=True)   # before -m deselects
+def pytest_collection_modifyitems(config, items):
+    """Every test that loads the real Gemma-3-270M (through gemma_dir) is slow, so `-m "not slow"` is a quick run;
+    the tests that reach it otherwise (hfq demo, the embedded GGUF) are marked by hand."""
+    for item in items:
+        if "gemma_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 def _tiny_llama(tie: bool):
     from transformers import LlamaConfig, LlamaForCausalLM
 

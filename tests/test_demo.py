@@ -35,6 +35,7 @@ def _check(out, variants, printed):
     return results
 
 
+@pytest.mark.slow
 def test_demo_quick(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0

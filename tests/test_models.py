@@ -10,6 +10,7 @@ from hfq.embedded import resolve
 
 from helpers import PARAGRAPH  # noqa: E402
 
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
