@@ -101,33 +101,21 @@ def gemma_dir():
     return local_model("gemma-3-270m")
 
 
-@pytest.fixture(scope="session")
-def llama_quantize_bin():
-    from ggml_oracle import llama_tool
+def _llama_tool_fixture(fixture: str, tool: str):
+    """A session fixture giving the path of one llama.cpp oracle (tests/ggml_oracle.py: fails in CI when missing,
+    skips elsewhere naming the command that builds it)."""
+    @pytest.fixture(scope="session", name=fixture)
+    def path():
+        from ggml_oracle import llama_tool
 
-    return llama_tool("llama-quantize")
-
-
-@pytest.fixture(scope="session")
-def llama_imatrix_bin():
-    from ggml_oracle import llama_tool
-
-    return llama_tool("llama-imatrix")
+        return llama_tool(tool)
+    return path
 
 
-@pytest.fixture(scope="session")
-def llama_perplexity_bin():
-    from ggml_oracle import llama_tool
-
-    return llama_tool("llama-perplexity")
-
-
-@pytest.fixture(scope="session")
-def llama_cpp_src():
-    """llama.cpp's source tree from the same sdist (convert_hf_to_gguf.py, gguf-py)."""
-    from ggml_oracle import llama_tool
-
-    return llama_tool("convert_hf_to_gguf.py")
+llama_quantize_bin = _llama_tool_fixture("llama_quantize_bin", "llama-quantize")
+llama_imatrix_bin = _llama_tool_fixture("llama_imatrix_bin", "llama-imatrix")
+llama_perplexity_bin = _llama_tool_fixture("llama_perplexity_bin", "llama-perplexity")
+llama_cpp_src = _llama_tool_fixture("llama_cpp_src", "convert_hf_to_gguf.py")   # llama.cpp's tree (gguf-py too)
 
 
 def _export_model(arch: str):
