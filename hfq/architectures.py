@@ -32,6 +32,7 @@ class Architecture:
     export: bool = False
     awq: AwqNorms | None = None
     rotary_permute: bool = False    # the converter permutes q/k rows into llama.cpp's rotary order
+    spm_vocab: bool = False         # a SentencePiece-style tokenizer.json becomes llama.cpp's "llama" vocab
     norm_plus_one: bool = False     # Gemma's RMSNorm scales by (1 + weight); GGUF stores 1 + weight
 
 
@@ -39,8 +40,8 @@ _PLAIN = AwqNorms("post_attention_layernorm", 0.0)
 _GEMMA3 = AwqNorms("pre_feedforward_layernorm", 1.0, ("post_attention_layernorm", "post_feedforward_layernorm"))
 
 ARCHITECTURES: dict[str, Architecture] = {a.model_type: a for a in (
-    Architecture("llama", "LLAMA", export=True, awq=_PLAIN, rotary_permute=True),
-    Architecture("mistral", "LLAMA", export=True, awq=_PLAIN, rotary_permute=True),
+    Architecture("llama", "LLAMA", export=True, awq=_PLAIN, rotary_permute=True, spm_vocab=True),
+    Architecture("mistral", "LLAMA", export=True, awq=_PLAIN, rotary_permute=True, spm_vocab=True),
     Architecture("qwen2", "QWEN2", export=True, awq=_PLAIN),
     Architecture("qwen3", "QWEN3", export=True, awq=_PLAIN),
     Architecture("gemma", "GEMMA"),
