@@ -202,7 +202,7 @@ def evaluate(model, base=None, *, text: str | None = None, ctx: int = 512, chunk
     """hfq.evaluate: perplexity, KL and top-1 against `base`, speed, and size, as one JSON-ready dict.
 
     model: a folder, Hub id, embedded name ("gemma-3-270m") or .gguf file; base: the same kinds (needed for a
-    GGUF file, whose tokenizer it provides). text: evaluation text (default: held-out CPython docs, see README).
+    GGUF file, whose tokenizer it provides). text: evaluation text (default: held-out CPython docs, docs/evaluation.md).
     chunks: how many ctx-token chunks (None: the whole text)."""
     is_gguf = str(model).endswith(".gguf")
     if base is None and is_gguf:

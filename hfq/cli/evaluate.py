@@ -11,7 +11,7 @@ def add_parsers(sub) -> None:
     e = sub.add_parser("eval", help="perplexity, KL and top-1 against a base model, size and speed")
     e.add_argument("model", help="hfq/transformers folder, embedded model name, or a .gguf file")
     e.add_argument("--base", help="base model (folder or embedded name) for KL and top-1")
-    e.add_argument("--text", help="UTF-8 text file (default: held-out English shipped with Python, see README)")
+    e.add_argument("--text", help="UTF-8 text file (default: held-out English shipped with Python, see docs/evaluation.md)")
     e.add_argument("--ctx", type=int, default=512, help="context per chunk (default 512)")
     e.add_argument("--chunks", type=int, default=4, help="number of chunks (default 4; 0 = the whole text)")
     e.add_argument("--threads", type=int, help="threads for GGUF files in llama.cpp")

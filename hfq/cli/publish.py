@@ -10,7 +10,7 @@ from pathlib import Path
 def add_parsers(sub) -> None:
     u = sub.add_parser("push", help="make variants, evaluate them, write their cards and upload them to the Hub")
     u.add_argument("model", help="base model: local folder, Hub id, or an embedded model name (gemma-3-270m)")
-    u.add_argument("--variants", required=True, help="comma-separated names, e.g. nf4,rtn-int4-g128 (see README)")
+    u.add_argument("--variants", required=True, help="comma-separated names, e.g. nf4,rtn-int4-g128 (see docs/publishing.md)")
     u.add_argument("--repo", required=True, help="repo name stem: namespace/name; each variant goes to NAME-VARIANT")
     u.add_argument("--text", help="evaluation text file (default: held-out English shipped with Python)")
     u.add_argument("--ctx", type=int, default=512, help="context per chunk (default 512)")
