@@ -101,6 +101,15 @@ def gemma_dir():
     return local_model("gemma-3-270m")
 
 
+@pytest.fixture(scope="session")
+def gemma_f32_gguf(tmp_path_factory):
+    """The embedded Gemma-3-270M as an F32 GGUF for llama.cpp's tools (1 GB, written once per session)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from _gemma_gguf import f32_gguf
+
+    return f32_gguf(tmp_path_factory.mktemp("gemma-f32") / "gemma-3-270m-f32.gguf")
+
+
 def _llama_tool_fixture(fixture: str, tool: str):
     """A session fixture giving the path of one llama.cpp oracle (tests/ggml_oracle.py: fails in CI when missing,
     skips elsewhere naming the command that builds it)."""

@@ -1,15 +1,12 @@
 """hfq.evaluation.score on GGUF files equals llama.cpp's llama-perplexity (--kl-divergence) within 1%.
 
-llama-perplexity comes from the llama-cpp-python sdist (.ci/llama_tools.sh; HFQ_LLAMA_PERPLEXITY). The test writes
-the 1 GB F32 GGUF of Gemma-3-270M once. llama-perplexity runs with -fa off: llama-cpp-python's default, and
-flash attention alone moves the quantized file's numbers by about 1%.
+llama-perplexity comes from the llama-cpp-python sdist (.ci/llama_tools.sh; HFQ_LLAMA_PERPLEXITY). The base is the
+1 GB F32 GGUF of Gemma-3-270M (the gemma_f32_gguf fixture). llama-perplexity runs with -fa off: llama-cpp-python's
+default, and flash attention alone moves the quantized file's numbers by about 1%.
 """
 
 import re
 import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -18,14 +15,12 @@ from hfq.evaluation import default_text, score
 from hfq.embedded import gguf_path
 
 pytestmark = pytest.mark.slow
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
 
-def test_score_equals_llama_perplexity(tmp_path, llama_perplexity_bin):
-    from _gemma_gguf import f32_gguf
+def test_score_equals_llama_perplexity(tmp_path, gemma_f32_gguf, llama_perplexity_bin):
     from ggml_oracle import llama_tokenize
 
-    base = f32_gguf(Path(tempfile.gettempdir()) / "hfq-bench" / "gemma-3-270m-f32.gguf")
+    base = gemma_f32_gguf
     quant = gguf_path()
     text = default_text()[0][:40000]
     (tmp_path / "eval.txt").write_text(text)

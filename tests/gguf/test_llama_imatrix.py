@@ -1,12 +1,11 @@
 """hfq's importance equals llama-imatrix's on the same token windows of Gemma-3-270M.
 
-llama-imatrix comes from the llama-cpp-python sdist (.ci/llama_tools.sh; HFQ_LLAMA_IMATRIX). The test writes a 1 GB
-F32 GGUF of the embedded model once (under $TMPDIR/hfq-bench).
+llama-imatrix comes from the llama-cpp-python sdist (.ci/llama_tools.sh; HFQ_LLAMA_IMATRIX). The test reads the 1 GB
+F32 GGUF of the embedded model (the gemma_f32_gguf fixture).
 """
 
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import gguf
@@ -22,11 +21,11 @@ pytestmark = pytest.mark.slow
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 
 
-def test_importance_matches_llama_imatrix(gemma_dir, tmp_path, llama_imatrix_bin):
-    from _gemma_gguf import f32_gguf, texts
+def test_importance_matches_llama_imatrix(gemma_dir, gemma_f32_gguf, tmp_path, llama_imatrix_bin):
+    from _gemma_gguf import texts
     from ggml_oracle import llama_tokenize
 
-    src = f32_gguf(Path(tempfile.gettempdir()) / "hfq-bench" / "gemma-3-270m-f32.gguf")
+    src = gemma_f32_gguf
     text = texts()[0][:20000]
     (tmp_path / "calib.txt").write_text(text)
     ctx, chunks = 256, 3
