@@ -21,7 +21,7 @@ def add_parsers(sub) -> None:
     x.add_argument("--split-max-size", help="split into gguf-split shards of at most this size (e.g. 2G)")
     x.add_argument("--out", required=True, help="output .gguf (written under a temporary name, then renamed)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    x.set_defaults(handler=run)
+    x.set_defaults(handler=_cmd_export_gguf)
 
     x = sub.add_parser("export", help="write an hfq int checkpoint as a standard GPTQ or AWQ checkpoint")
     x.add_argument("model", help="hfq checkpoint folder with integer-grid layers (rtn, gptq, awq)")
@@ -31,7 +31,7 @@ def add_parsers(sub) -> None:
     x.set_defaults(handler=_cmd_export)
 
 
-def run(args) -> int:
+def _cmd_export_gguf(args) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
