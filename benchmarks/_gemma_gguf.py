@@ -11,11 +11,18 @@ def f32_gguf(dst: Path) -> Path:
     """The shipped Gemma-3-270M Q4_K_M file with every tensor dequantized to F32 (all metadata copied)."""
     import gguf
 
-    from hfq.models import gguf_path
+    from hfq.atomic import atomic_file
+    from hfq.embedded import gguf_path
 
+    dst = Path(dst)
     if dst.exists():
         return dst
-    src = gguf.GGUFReader(str(gguf_path()))
+    with atomic_file(dst) as tmp:
+        _write_f32(gguf, gguf.GGUFReader(str(gguf_path())), tmp)
+    return dst
+
+
+def _write_f32(gguf, src, dst: Path) -> None:
     w = gguf.GGUFWriter(str(dst), arch=None)
     for f in src.fields.values():
         if f.name.startswith("GGUF.") or f.name in ("general.file_type", "general.quantization_version"):
@@ -33,7 +40,6 @@ def f32_gguf(dst: Path) -> Path:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return dst
 
 
 def texts() -> tuple[str, str]:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import hfq
-from hfq.evaluation import _no_extra_buffers, chunks, evaluate, pydoc_halves
+from hfq.evaluation import _no_extra_buffers, chunks, score, pydoc_halves
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from ggml_oracle import read_gguf, run_llama_model_quantize  # noqa: E402
@@ -57,7 +57,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hfq.models import local_model
+    from hfq.embedded import local_model
     src = local_model("gemma-3-270m")
     tok = AutoTokenizer.from_pretrained(src)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
@@ -96,8 +96,8 @@ def main() -> None:
             hq = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, quantization_config=hfq.HfqConfig(
                 method="gguf", quant_type=qt)).eval()
             windows = chunks(tok, pydoc_halves()[1], 512)[:args.chunks]
-            same_file = evaluate(ours, windows, base=d / f"lc-{qt}.gguf", threads=args.threads, progress=False)
-            engines = evaluate(ours, windows, base=hq, threads=args.threads, progress=False)
+            same_file = score(ours, windows, base=d / f"lc-{qt}.gguf", threads=args.threads, progress=False)
+            engines = score(ours, windows, base=hq, threads=args.threads, progress=False)
             del hq
             row.update({"kl_vs_llama_cpp_file": same_file["kl"], "top1_vs_llama_cpp_file": same_file["top1"],
                         "kl_vs_hfq_transformers": engines["kl"], "top1_vs_hfq_transformers": engines["top1"],

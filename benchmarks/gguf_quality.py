@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import hfq
 from _gemma_gguf import texts
 from hfq.algorithms.calibration import collect_importance, save_importance, token_windows
-from hfq.models import local_model
+from hfq.embedded import local_model
 
 
 def evaluate(model, windows, ref_logp=None):

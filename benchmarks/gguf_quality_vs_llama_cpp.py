@@ -26,11 +26,15 @@ from _gemma_gguf import f32_gguf
 from gguf_quality import arguments, baseline, evaluate
 from hfq.algorithms.calibration import save_importance
 from hfq.evaluation import GGUFModel
-from hfq.gguf.mixes import gguf_name
+from hfq.gguf.names import gguf_name
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from ggml_oracle import read_gguf, run_llama_model_quantize, run_llama_quantize_bin, write_imatrix  # noqa: E402
 
+
+
+def _gname(module: str) -> str | None:
+    return gguf_name(module, "gemma3_text", 18, tied=True)   # Gemma-3-270M: 18 blocks, tied embeddings
 
 def llama_cpp_scores(path: Path, windows, ref):
     """ppl, KL and top-1 of a GGUF file in llama.cpp over every position but the last, as evaluate() scores."""
@@ -55,8 +59,8 @@ def main() -> None:
     src = f32_gguf(work / "gemma-3-270m-f32.gguf")
     path, ev, cw, _, ref, imp = baseline(args)
     imp_file = save_importance(imp, work / "importance.safetensors")
-    imatrix = write_imatrix(work / "imatrix.gguf", {gguf_name(k, True): v.numpy() for k, v in imp.items()
-                                                    if (gguf_name(k, True) or "").startswith("blk.")})
+    imatrix = write_imatrix(work / "imatrix.gguf", {_gname(k): v.numpy() for k, v in imp.items()
+                                                    if (_gname(k) or "").startswith("blk.")})
     print(f"llama.cpp F32 file vs transformers float: ppl/KL/top-1 = "
           f"{'/'.join(f'{v:.3f}' for v in llama_cpp_scores(src, ev, ref))}")
     print(f"{'variant':22} {'hfq ppl':>8} {'KL':>7} {'top-1':>6} | {'llama.cpp ppl':>13} {'KL':>7} {'top-1':>6} | "
@@ -76,7 +80,7 @@ def main() -> None:
             same = total = 0
             for name, layer in m.named_modules():
                 if isinstance(layer, hfq.nn.HfqLinear):
-                    tname, data = theirs[gguf_name(name, True)]
+                    tname, data = theirs[_gname(name)]
                     total += 1
                     same += int(tname == layer.ggml_type and np.array_equal(data.reshape(-1),
                                                                            layer.weight.numpy().reshape(-1)))

@@ -22,12 +22,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hfq
 from hfq.algorithms.calibration import calibration_windows, collect_importance, dataset_texts
-from hfq.evaluation import chunks, evaluate, pydoc_halves
-from hfq.models import local_model
+from hfq.evaluation import chunks, score, pydoc_halves
+from hfq.embedded import local_model
 
 
 class _Cached(torch.nn.Module):
-    """The float model's logits on the evaluation chunks, computed once (evaluate() accepts any model)."""
+    """The float model's logits on the evaluation chunks, computed once (score() accepts any model)."""
 
     def __init__(self, model, windows):
         super().__init__()
@@ -92,7 +92,7 @@ def main() -> None:
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     imp = None
     ref = _Cached(base, ev)
-    f = evaluate(ref, ev, progress=False)
+    f = score(ref, ev, progress=False)
     print(f"calibration: {desc}; {len(cw)} windows x {args.seq_len} tokens. held-out: {f['scored_tokens']} "
           f"scored tokens in {len(ev)} chunks of 512")
     print(f"{'variant':28} {'ppl':>8} {'KL':>7} {'top-1':>6} {'cut':>6} {'time s':>7}")
@@ -109,7 +109,7 @@ def main() -> None:
         t0 = time.perf_counter()
         m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, quantization_config=hfq.HfqConfig(**kw))
         dt = time.perf_counter() - t0
-        r = evaluate(m, ev, base=ref, progress=False)
+        r = score(m, ev, base=ref, progress=False)
         cut = ""
         if against in results:
             d_ref = results[against]["ppl"] - f["ppl"]

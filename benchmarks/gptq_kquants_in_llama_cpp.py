@@ -27,13 +27,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import hfq
 from _gemma_gguf import f32_gguf
 from hfq.algorithms.calibration import calibration_windows, collect_importance, dataset_texts
-from hfq.evaluation import chunks, evaluate, pydoc_halves
-from hfq.gguf.mixes import gguf_name
-from hfq.models import local_model
+from hfq.evaluation import chunks, score, pydoc_halves
+from hfq.gguf.names import gguf_name
+from hfq.embedded import local_model
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from ggml_oracle import run_llama_quantize_bin, write_imatrix  # noqa: E402
 
+
+
+def _gname(module: str) -> str | None:
+    return gguf_name(module, "gemma3_text", 18, tied=True)   # Gemma-3-270M: 18 blocks, tied embeddings
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -56,15 +60,15 @@ def main() -> None:
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     imp = collect_importance(base, cw)
     del base
-    imatrix = write_imatrix(work / "imatrix.gguf", {gguf_name(k, True): v.numpy() for k, v in imp.items()
-                                                    if (gguf_name(k, True) or "").startswith("blk.")})
+    imatrix = write_imatrix(work / "imatrix.gguf", {_gname(k): v.numpy() for k, v in imp.items()
+                                                    if (_gname(k) or "").startswith("blk.")})
     print(f"calibration: {desc}, {len(cw)} windows of {args.seq_len}; held-out: {len(ev)} chunks of 512; "
           f"reference: {src.name} in llama.cpp", flush=True)
     print(f"{'file':34} {'ppl':>8} {'KL':>7} {'top-1':>6} {'MB':>6} {'make s':>7}", flush=True)
     rows = {}
 
-    def score(label, f, secs):
-        r = evaluate(str(f), ev, base=str(src), threads=2, progress=False)
+    def record(label, f, secs):
+        r = score(str(f), ev, base=str(src), threads=2, progress=False)
         r.update(mb=Path(f).stat().st_size / 1e6, seconds=secs)
         rows[label] = r
         print(f"{label:34} {r['ppl']:8.3f} {r['kl']:7.4f} {r['top1']:6.3f} {r['mb']:6.1f} {secs:7.1f}", flush=True)
@@ -76,7 +80,7 @@ def main() -> None:
             dst = work / f"lc-{qt}{'-imat' if weighted else ''}.gguf"
             t0 = time.perf_counter()
             run_llama_quantize_bin(args.llama_quantize, src, dst, qt, imatrix if weighted else None, pure=False)
-            score(f"llama.cpp {qt}{' + imatrix' if weighted else ''}", dst, time.perf_counter() - t0)
+            record(f"llama.cpp {qt}{' + imatrix' if weighted else ''}", dst, time.perf_counter() - t0)
         ref = rows[f"llama.cpp {qt} + imatrix"]["kl"]
         for method in args.methods:
             t0 = time.perf_counter()
@@ -85,7 +89,7 @@ def main() -> None:
             m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, quantization_config=cfg)
             f = hfq.export_gguf(m, tok, work / f"hfq-{method}-{qt}.gguf", progress=False)[0]
             del m
-            r = score(f"hfq {method.upper()} {qt}", f, time.perf_counter() - t0)
+            r = record(f"hfq {method.upper()} {qt}", f, time.perf_counter() - t0)
             print(f"{'':34} KL {100 * (1 - r['kl'] / ref):.0f}% below llama.cpp's imatrix file "
                   f"(goal: at least 20%)", flush=True)
     if args.json:

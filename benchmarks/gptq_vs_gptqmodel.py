@@ -17,8 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPTQConfig
 
 import hfq
 from hfq.algorithms.calibration import calibration_windows, dataset_texts
-from hfq.evaluation import chunks, evaluate, pydoc_halves
-from hfq.models import local_model
+from hfq.evaluation import chunks, score, pydoc_halves
+from hfq.embedded import local_model
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     items, _ = dataset_texts(None)
     cw = calibration_windows(items, args.n_samples, args.seq_len, 0, tok)
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    f = evaluate(base, ev, progress=False)
+    f = score(base, ev, progress=False)
     print(f"{'variant':28} {'ppl':>8} {'KL':>7} {'top-1':>6} {'time s':>7}")
     print(f"{'float32':28} {f['ppl']:8.3f}")
     def ours(gar):
@@ -58,7 +58,7 @@ def main() -> None:
         m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map="cpu",
                                                  quantization_config=make())
         dt = time.perf_counter() - t0
-        r = evaluate(m, ev, base=base, progress=False)
+        r = score(m, ev, base=base, progress=False)
         print(f"{label:28} {r['ppl']:8.3f} {r['kl']:7.4f} {r['top1']:6.3f} {dt:7.1f}", flush=True)
         del m
 

@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--json")
     args = ap.parse_args()
-    from hfq.models import resolve
+    from hfq.embedded import resolve
 
     path = resolve(args.model)
     variants = ["float", "hfq-nf4-dq", "hfq-rtn-int4-g128", "hfq-gguf-q4_k_m"]

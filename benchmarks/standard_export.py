@@ -17,8 +17,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hfq
-from hfq.evaluation import chunks, decode_speed, default_text, evaluate
-from hfq.models import local_model
+from hfq.evaluation import chunks, decode_speed, default_text, score
+from hfq.embedded import local_model
 
 
 def _size(folder: Path) -> int:
@@ -37,7 +37,7 @@ def main() -> None:
     windows = chunks(tok, default_text()[0], args.ctx, args.chunks)
     cfg = hfq.HfqConfig(method="rtn", bits=4, group_size=128, sym=args.sym)
     model = AutoModelForCausalLM.from_pretrained(src, quantization_config=cfg, dtype=torch.float32).eval()
-    ref = evaluate(model, windows)
+    ref = score(model, windows)
     results = {"hfq": {"ppl": ref["ppl"], "decode_tokens_per_s": decode_speed(model, tok)}}
     with tempfile.TemporaryDirectory() as tmp:
         for fmt in ("gptq", "awq"):
@@ -45,7 +45,7 @@ def main() -> None:
             t0 = time.perf_counter()
             loaded = AutoModelForCausalLM.from_pretrained(out, device_map="cpu").eval()
             load_s = time.perf_counter() - t0
-            r = evaluate(loaded, windows, base=model)
+            r = score(loaded, windows, base=model)
             speed = decode_speed(loaded, tok)
             results[fmt] = {"ppl": r["ppl"], "kl_vs_hfq": r["kl"], "top1_vs_hfq": r["top1"], "bytes": _size(out),
                             "load_s": load_s, "decode_tokens_per_s": speed,

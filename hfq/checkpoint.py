@@ -4,8 +4,6 @@ Corrupt or truncated files raise ValueError naming the file."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import struct
 from pathlib import Path
 
@@ -189,18 +187,3 @@ def _numel(shape) -> int:
         n *= s
     return n
 
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move tmp to out; an existing out is kept until the new one is in place."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -15,7 +15,8 @@ FORMAT_VERSION = 1
 METHODS = ("rtn", "nf4", "fp4", "gguf", "gptq", "awq")
 CALIBRATED = ("gptq", "awq")
 GRIDS = ("int", "nf4", "fp4", "gguf")
-GRID_STORAGE = {"int": "rtn", "nf4": "nf4", "fp4": "fp4", "gguf": "gguf"}
+# The layout (hfq.formats.layouts) each grid's layers are stored in; integer layers use the "rtn" layout.
+GRID_LAYOUT = {"int": "rtn", "nf4": "nf4", "fp4": "fp4", "gguf": "gguf"}
 CODEBOOK_METHODS = ("nf4", "fp4")
 RTN_BITS = (2, 3, 4, 5, 6, 7, 8)
 RTN_GROUP_SIZES = (-1, 16, 32, 64, 128, 256, 512, 1024)
@@ -270,9 +271,9 @@ class HfqConfig(QuantizationConfigMixin):
                              "layout has no g_idx to reorder groups.")
 
     @property
-    def storage(self) -> str:
-        """The layout the layers are stored in: rtn (integers), nf4, fp4 or gguf."""
-        return GRID_STORAGE[self.grid] if self.method in CALIBRATED else self.method
+    def layout(self) -> str:
+        """The layout the layers are stored in (HfqLinear.method): rtn (integers), nf4, fp4 or gguf."""
+        return GRID_LAYOUT[self.grid] if self.method in CALIBRATED else self.method
 
     @property
     def act_order(self) -> bool:

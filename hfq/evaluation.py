@@ -1,4 +1,8 @@
-"""Evaluation of a quantized model against its base: perplexity, KL divergence, top-1 agreement, speed.
+"""Evaluation of a quantized model against its base: perplexity, KL divergence, top-1 agreement, speed, size.
+
+- evaluate(model, base, text=...): the whole report for folders, Hub ids, the embedded name or .gguf files
+  (hfq.evaluate, `hfq eval`);
+- score(model, windows, base=...): the metrics on token windows, for loaded models or .gguf files.
 
 Scoring follows llama.cpp's llama-perplexity, so numbers are comparable with it: the text becomes one token
 stream (BOS first), cut into chunks of n_ctx tokens whose first token is BOS, and each chunk scores only its
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import platform
 import time
 from pathlib import Path
 
@@ -19,6 +24,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .algorithms.calibration import token_windows
+from .checkpoint import describe, describe_gguf
+from .embedded import resolve
 from .gguf.export import check_gguf
 
 
@@ -44,6 +51,9 @@ def chunks(tokenizer, text: str, n_ctx: int = 512, max_chunks: int | None = None
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=True)["input_ids"][0]
     out = token_windows(ids, n_ctx, tokenizer.bos_token_id)
     return out[:max_chunks] if max_chunks else out
+
+
+_chunks = chunks   # evaluate()'s `chunks` argument shadows the function there
 
 
 class _HF:
@@ -106,8 +116,8 @@ def _runner(model, n_ctx: int, threads: int | None):
     return _HF(model)
 
 
-def evaluate(model, windows: list[torch.Tensor], base=None, threads: int | None = None,
-             progress: bool = True) -> dict:
+def score(model, windows: list[torch.Tensor], base=None, threads: int | None = None,
+          progress: bool = True) -> dict:
     """Perplexity of `model` on the windows and, with `base`, mean KL(base || model) and top-1 agreement over
     the same scored positions. model/base: a loaded model or a .gguf path."""
     if not windows:
@@ -143,3 +153,72 @@ def decode_speed(model, tokenizer, prompt: str = "The capital of France is", new
     t0 = time.perf_counter()
     out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
     return (out.shape[1] - ids.shape[1]) / (time.perf_counter() - t0)
+
+
+def load(model, quantization_config=None):
+    """A folder, Hub id or embedded name as a float32 transformers model in eval mode (quantized if asked)."""
+    from transformers import AutoModelForCausalLM
+
+    kw = {"quantization_config": quantization_config} if quantization_config is not None else {}
+    return AutoModelForCausalLM.from_pretrained(resolve(str(model)), dtype=torch.float32, **kw).eval()
+
+
+def size(path: str | Path) -> dict:
+    """Bytes on disk and bits per weight, overall and per module type (q_proj, mlp's down_proj, ...)."""
+    path = Path(resolve(str(path)))
+    if path.suffix == ".gguf":
+        d = describe_gguf(path)
+        return {"bytes": d["bytes_on_disk"], "bpw": d["model_bpw"], "parameters": d["parameters"],
+                "modules": d["modules"], "types": d["types"]}
+    d = describe(path)
+    return {"bytes": d["bytes_on_disk"], "bpw": d["model_bpw"], "quantized_bpw": d["quantized_bpw"],
+            "parameters": d["parameters"], "modules": d["modules"], "types": d["types"]}
+
+
+def machine() -> str:
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def measure(model, base, tokenizer, windows, threads=None, progress=True, decode_tokens: int = 32) -> dict:
+    """score() plus greedy decode speed (transformers models; decode_tokens=0 skips it) and the machine."""
+    out = score(model, windows, base, threads=threads, progress=progress)
+    if hasattr(model, "generate") and decode_tokens:
+        out["decode_tokens_per_s"] = decode_speed(model, tokenizer, new_tokens=decode_tokens)
+    out["machine"] = machine()
+    return out
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory (None where the OS does not report it, e.g. Windows)."""
+    try:
+        import resource   # Unix only
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def evaluate(model, base=None, *, text: str | None = None, ctx: int = 512, chunks: int | None = 4,
+             threads: int | None = None, progress: bool = True) -> dict:
+    """hfq.evaluate: perplexity, KL and top-1 against `base`, speed, and size, as one JSON-ready dict.
+
+    model: a folder, Hub id, embedded name ("gemma-3-270m") or .gguf file; base: the same kinds (needed for a
+    GGUF file, whose tokenizer it provides). text: evaluation text (default: held-out CPython docs, docs/evaluation.md).
+    chunks: how many ctx-token chunks (None: the whole text)."""
+    is_gguf = str(model).endswith(".gguf")
+    if base is None and is_gguf:
+        raise ValueError("a .gguf file needs --base / base= (the folder or embedded name whose tokenizer and logits "
+                         "to use).")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve(str(base if base is not None else model)))
+    source = "the given text"
+    if text is None:
+        text, source = default_text()
+    windows = _chunks(tok, text, ctx, chunks)
+    m = str(model) if is_gguf else load(model)
+    b = load(base) if base is not None else None
+    result = {"model": str(model), "base": None if base is None else str(base), "text": source,
+              **measure(m, b, tok, windows, threads, progress)}
+    result["size"] = size(model)
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result

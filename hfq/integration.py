@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def layer_kwargs(config: HfqConfig) -> dict:
-    kw = dict(method=config.storage, bits=config.bits, group_size=config.group_size,
+    kw = dict(method=config.layout, bits=config.bits, group_size=config.group_size,
               sym=bool(config.sym), double_quant=bool(config.double_quant))
     if config.act_order:
         kw["act_order"] = True
@@ -122,12 +122,12 @@ def layer_grids(model: nn.Module, config: HfqConfig, modules_to_not_convert) -> 
         types.update({k: v for k, v in (config.tensor_types or {}).items() if k in layers})
         config.tensor_types = {n: types.get(n, "F16") for n in layers}
         return {n: make_grid("gguf", ggml=t) for n, t in config.tensor_types.items() if t != "F16"}
-    grid = make_grid(config.storage, config.bits, config.group_size, bool(config.sym), bool(config.double_quant),
+    grid = make_grid(config.layout, config.bits, config.group_size, bool(config.sym), bool(config.double_quant),
                      act_order=config.act_order)
     for n, in_f in layers.items():
         m = model.get_submodule(n)
         try:
-            check_shape(config.storage, m.out_features, in_f, config.bits, config.group_size)
+            check_shape(config.layout, m.out_features, in_f, config.bits, config.group_size)
             grid.group(in_f)
         except ValueError as e:
             raise ValueError(f"cannot quantize layer {n!r} [{m.out_features}x{in_f}]: {e}") from e

@@ -39,7 +39,7 @@ class HfqQuantizer(HfQuantizer):
         self.modules_to_not_convert = skip
         if cfg.method in CALIBRATED and not self.pre_quantized:
             return   # the float weights load as they are; calibration runs after loading
-        if cfg.storage != "gguf":
+        if cfg.layout != "gguf":
             replace_with_hfq_linear(model, cfg, skip)
             return
         layers = convertible_linears(model, skip)
@@ -69,7 +69,7 @@ class HfqQuantizer(HfQuantizer):
         upload = model._upload_modified_files
 
         def upload_with_card(working_dir, repo_id, *args, **kw):
-            from .publish import write_push_card
+            from .publish.push import write_push_card
 
             write_push_card(working_dir, repo_id, model.config._name_or_path, cfg)
             return upload(working_dir, repo_id, *args, **kw)

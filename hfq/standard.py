@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .checkpoint import replace_dir
+from .atomic import atomic_dir
 from .formats.standard_layout import GPTQ_BITS, hfq_int_codes, pack_awq, pack_gptq_qweight, pack_gptq_qzeros
 from .nn.linear import HfqLinear
 
@@ -217,14 +216,9 @@ def save_standard(model: nn.Module, out_dir: str | Path, format: str = "gptq", *
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ValueError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) or choose another folder.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         _write_tensors(tensors, tmp, max_shard_size)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         _copy_side_files(model, tmp, tokenizer, source_dir)
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     logger.info("saved %s checkpoint %s: %d quantized layers", fmt.upper(), out, len(layers))
     return out

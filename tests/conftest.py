@@ -26,6 +26,15 @@ os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{os.environ['HFQ_TEST_HUB_PORT']}
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
 
+@pytest.hookimpl(tryfirst=True)   # before -m deselects
+def pytest_collection_modifyitems(config, items):
+    """Every test that loads the real Gemma-3-270M (through gemma_dir) is slow, so `-m "not slow"` is a quick run;
+    the tests that reach it otherwise (hfq demo, the embedded GGUF) are marked by hand."""
+    for item in items:
+        if "gemma_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 def _tiny_llama(tie: bool):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -87,9 +96,35 @@ def tiny_model_dir(request, tiny_llama_dir, tiny_gemma3_dir):
 @pytest.fixture(scope="session")
 def gemma_dir():
     """The embedded Gemma-3-270M as a float folder (built once into the hfq cache)."""
-    from hfq.models import local_model
+    from hfq.embedded import local_model
 
     return local_model("gemma-3-270m")
+
+
+@pytest.fixture(scope="session")
+def gemma_f32_gguf(tmp_path_factory):
+    """The embedded Gemma-3-270M as an F32 GGUF for llama.cpp's tools (1 GB, written once per session)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from _gemma_gguf import f32_gguf
+
+    return f32_gguf(tmp_path_factory.mktemp("gemma-f32") / "gemma-3-270m-f32.gguf")
+
+
+def _llama_tool_fixture(fixture: str, tool: str):
+    """A session fixture giving the path of one llama.cpp oracle (tests/ggml_oracle.py: fails in CI when missing,
+    skips elsewhere naming the command that builds it)."""
+    @pytest.fixture(scope="session", name=fixture)
+    def path():
+        from ggml_oracle import llama_tool
+
+        return llama_tool(tool)
+    return path
+
+
+llama_quantize_bin = _llama_tool_fixture("llama_quantize_bin", "llama-quantize")
+llama_imatrix_bin = _llama_tool_fixture("llama_imatrix_bin", "llama-imatrix")
+llama_perplexity_bin = _llama_tool_fixture("llama_perplexity_bin", "llama-perplexity")
+llama_cpp_src = _llama_tool_fixture("llama_cpp_src", "convert_hf_to_gguf.py")   # llama.cpp's tree (gguf-py too)
 
 
 def _export_model(arch: str):

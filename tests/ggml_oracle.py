@@ -1,15 +1,50 @@
-"""Test-side helpers around the independent oracles: gguf-py (writer, dequantizer) and llama.cpp's quantizer."""
+"""Test-side helpers around the independent oracles: gguf-py (writer, dequantizer), llama.cpp's quantizer through
+llama-cpp-python, and llama.cpp's own tools (llama-quantize, llama-imatrix, llama-perplexity, convert_hf_to_gguf.py)
+built from the llama-cpp-python sdist by .ci/llama_tools.sh."""
 
 from __future__ import annotations
 
 import ctypes
 import os
-import shutil
+import re
 import subprocess
 from pathlib import Path
 
 import gguf
 import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = 'eval "$(bash .ci/llama_tools.sh)"'
+# tool -> (environment variable, path under the cache folder .ci/llama_tools.sh fills)
+TOOLS = {"llama-quantize": ("HFQ_LLAMA_QUANTIZE", "bin/llama-quantize"),
+         "llama-imatrix": ("HFQ_LLAMA_IMATRIX", "bin/llama-imatrix"),
+         "llama-perplexity": ("HFQ_LLAMA_PERPLEXITY", "bin/llama-perplexity"),
+         "convert_hf_to_gguf.py": ("HFQ_LLAMA_CPP_SRC", "src")}
+
+
+def _cache() -> Path:
+    version = re.search(r"llama-cpp-python==([\d.]+)", (ROOT / "pyproject.toml").read_text()).group(1)
+    base = os.environ.get("HFQ_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hfq"
+    return Path(base) / f"llama.cpp-{version}"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def llama_tool(name: str) -> str:
+    """The path of one of llama.cpp's tools (for convert_hf_to_gguf.py: the llama.cpp source tree holding it), from
+    its HFQ_LLAMA_* variable or the hfq cache. Missing, it fails the test in CI and skips it elsewhere, naming the
+    command that builds it."""
+    var, rel = TOOLS[name]
+    path = Path(os.environ.get(var) or _cache() / rel)
+    if (path / "convert_hf_to_gguf.py" if name == "convert_hf_to_gguf.py" else path).is_file():
+        return str(path)
+    msg = f"{name} is missing ({var}={os.environ.get(var)!r}, not in {_cache()}); build it with: {BUILD}"
+    if in_ci():
+        pytest.fail(msg)
+    pytest.skip(msg)
 
 
 def write_f32_gguf(path, tensors: dict, n_layer: int, n_embd: int, n_ff: int, n_head: int, n_head_kv: int,
@@ -91,15 +126,30 @@ def llama_tokenize(model_path, text: str):
     return torch.tensor(list(buf[:n])), bos
 
 
+def ggml_quantize(x, type_name: str, importance=None) -> np.ndarray:
+    """llama.cpp's own encoder (ggml_quantize_chunk in llama-cpp-python's libggml-base) on float32 rows x [n, k],
+    importance-weighted (its imatrix argument) when importance [k] is given: uint8 [n, bytes per row]."""
+    import llama_cpp
+
+    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    qt = gguf.GGMLQuantizationType[type_name]
+    block, size = gguf.GGML_QUANT_SIZES[qt]
+    a = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    dst = np.zeros((a.shape[0], a.shape[1] // block * size), np.uint8)
+    imp = None if importance is None else np.ascontiguousarray(np.asarray(importance, dtype=np.float32))
+    lib.ggml_quantize_init(int(qt))
+    n = lib.ggml_quantize_chunk(int(qt), a.ctypes.data, dst.ctypes.data, 0, a.shape[0], a.shape[1],
+                                None if imp is None else imp.ctypes.data)
+    assert n == dst.nbytes, (n, dst.nbytes)
+    return dst
+
+
 def read_gguf(path) -> dict:
     r = gguf.GGUFReader(str(path))
     return {t.name: (t.tensor_type.name, np.array(t.data)) for t in r.tensors}
-
-
-def llama_quantize_bin() -> str | None:
-    """The llama-quantize binary for the opt-in importance tests: $HFQ_LLAMA_QUANTIZE or one on PATH."""
-    b = os.environ.get("HFQ_LLAMA_QUANTIZE") or shutil.which("llama-quantize")
-    return b if b and Path(b).exists() else None
 
 
 def write_imatrix(path, vectors: dict) -> Path:

@@ -10,10 +10,10 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors import safe_open
 
-from hfq.cards import ROUND, make_card
+from hfq.publish.cards import ROUND, make_card
 from hfq.checkpoint import describe
 from hfq.cli import main
-from hfq.hub import sha256_file
+from hfq.publish.hub import sha256_file
 from hfq.publish import prepare
 from helpers import WORDS, save_tiny_word_base
 

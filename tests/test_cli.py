@@ -28,7 +28,10 @@ def test_quantize_then_info(tiny_llama_dir, tmp_path, capsys):
 
     api = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=hfq.HfqConfig(
         method="rtn", bits=4, group_size=32, sym=False))
-    assert all(torch.equal(a, b) for a, b in zip(api.state_dict().values(), model.state_dict().values()))
+    sd_api, sd_cli = api.state_dict(), model.state_dict()
+    assert list(sd_api) == list(sd_cli) and len(sd_cli) > 14
+    for k in sd_api:
+        assert sd_api[k].dtype == sd_cli[k].dtype and torch.equal(sd_api[k], sd_cli[k]), k
     card = ModelCard.load(out / "README.md")
     assert card.data.base_model == str(tiny_llama_dir) and card.data.base_model_relation == "quantized"
     assert "import hfq" in card.text and "rtn-int4-g32-asym" in card.text
@@ -76,15 +79,32 @@ def test_bad_arguments_one_line_no_traceback(args, msg):
     assert len(lines) == 1 and msg in lines[0] and lines[0].startswith("hfq: error:"), r.stderr
 
 
-def test_doctor_lists_every_op():
-    r = _run("doctor")
-    assert r.returncode == 0
-    for op in ("dequantize_int", "dequantize_4bit", "linear_int", "linear_4bit", "dequantize_8bit_blockwise"):
-        assert f"hfq::{op}" in r.stdout
+def _doctor_native_column(env):
+    r = subprocess.run([sys.executable, "-m", "hfq.cli", "doctor"], capture_output=True, text=True,
+                       env={**os.environ, **env})
+    assert r.returncode == 0, r.stderr
+    rows = dict(re.findall(r"^  hfq::(\w+)\s+native: ([^;]+); fallback: pure-torch reference$", r.stdout, re.M))
+    return rows, r.stdout
+
+
+def test_doctor_lists_every_op_and_where_it_runs_natively():
+    from hfq.kernels import build
+    from hfq.kernels.ops import SCHEMAS
+
+    off, _ = _doctor_native_column({"HFQ_NO_EXTENSIONS": "1"})
+    assert set(off) == set(SCHEMAS) and len(off) == len(SCHEMAS) >= 8
+    assert set(off.values()) == {"none"}, off       # extensions off: every op runs the reference
+    on, out = _doctor_native_column({"HFQ_NO_EXTENSIONS": ""})
+    assert set(on) == set(SCHEMAS)
+    # what each extension declares it registers, for the extensions the doctor reports as loaded
+    native = {op: device.upper() for ext, (_, ops, device) in build.EXTENSIONS.items()
+              if re.search(rf"extension {ext}: loaded", out) for op in ops}
+    assert native, out                              # this machine has a compiler: the CPU kernel builds
+    assert on == {op: native.get(op, "none") for op in SCHEMAS}, on
 
 
 def test_card_escapes_metadata(tiny_llama_dir, tmp_path):
-    from hfq.cards import render_card
+    from hfq.publish.cards import render_card
     from hfq.checkpoint import describe
 
     out = tmp_path / "q"

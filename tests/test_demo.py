@@ -35,6 +35,7 @@ def _check(out, variants, printed):
     return results
 
 
+@pytest.mark.slow
 def test_demo_quick(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
@@ -45,7 +46,7 @@ def test_demo_quick(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("HFQ_FULL_DEMO"), reason="the full demo takes ~10 minutes; HFQ_FULL_DEMO=1")
 def test_demo_full(tmp_path, capsys):
-    from hfq.variants import STANDARD
+    from hfq.publish.variants import STANDARD
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out)]) == 0

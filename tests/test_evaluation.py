@@ -1,21 +1,52 @@
-"""hfq.evaluation: llama-perplexity's scoring, KL and top-1, for transformers models and GGUF files."""
+"""hfq.evaluation: llama-perplexity's scoring, KL and top-1, for transformers models and GGUF files.
+tests/test_evaluation_llama_perplexity.py checks the same numbers against llama-perplexity --kl-divergence."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hfq.evaluation import chunks, default_text, evaluate
-from hfq.models import gguf_path
+from hfq.evaluation import chunks, default_text, score
+from hfq.embedded import gguf_path
+
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' whose logits at position t are rows[t], whatever the input: its scores can be done by hand."""
+
+    def __init__(self, rows):
+        super().__init__()
+        self.rows = torch.nn.Parameter(torch.tensor(rows).log(), requires_grad=False)   # logits = log(weights)
+
+    def forward(self, input_ids):
+        return SimpleNamespace(logits=self.rows[None, : input_ids.shape[1]])
+
+
+def test_kl_top1_and_ppl_equal_a_hand_computation():
+    """n_ctx 8: positions 4, 5, 6 are scored. Two tokens; base probabilities (1/4, 3/4) everywhere; the model has
+    (2/3, 1/3) at positions 4 and 5 and (1/4, 3/4) at 6. Every target is token 1.
+    KL(base||model) at 4 and 5 = 1/4 ln(3/8) + 3/4 ln(9/4), at 6 = 0 (the other direction, KL(model||base),
+    would be 2/3 ln(8/3) + 1/3 ln(4/9)). top-1: the argmax differs at 4 and 5 and agrees at 6: 1/3.
+    nll: ln 3, ln 3, ln(4/3): ppl = 12^(1/3)."""
+    flip, same = [2.0, 1.0], [1.0, 3.0]
+    model = FixedLogits([same] * 4 + [flip, flip, same, same])
+    base = FixedLogits([same] * 8)
+    windows = [torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1]])] * 2
+    r = score(model, windows, base=base, progress=False)
+    assert r["scored_tokens"] == 6 and r["chunks"] == 2
+    assert r["kl"] == pytest.approx(2 * (math.log(3 / 8) / 4 + 3 * math.log(9 / 4) / 4) / 3, rel=1e-6)
+    assert r["top1"] == pytest.approx(1 / 3)
+    assert r["ppl"] == pytest.approx(12 ** (1 / 3), rel=1e-6)
+    assert r["nll"] == pytest.approx((2 * math.log(3) + math.log(4 / 3)) / 3, rel=1e-6)
 
 
 def test_self_comparison_is_exact(llama256_dir):
     model = AutoModelForCausalLM.from_pretrained(llama256_dir)
     g = torch.Generator().manual_seed(0)
     windows = [torch.randint(2, 512, (1, 64), generator=g) for _ in range(3)]
-    r = evaluate(model, windows, base=model, progress=False)
+    r = score(model, windows, base=model, progress=False)
     assert r["kl"] == 0.0 and r["top1"] == 1.0
     assert r["scored_tokens"] == 3 * 31 and r["chunks"] == 3
     # perplexity from its definition, written independently: cross-entropy of the second half of each chunk
@@ -24,6 +55,7 @@ def test_self_comparison_is_exact(llama256_dir):
     assert r["ppl"] == pytest.approx(math.exp(sum(losses).item() / 93), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_chunks_follow_llama_perplexity(gemma_dir):
     tok = AutoTokenizer.from_pretrained(gemma_dir)
     text, source = default_text()
@@ -39,6 +71,7 @@ def test_chunks_follow_llama_perplexity(gemma_dir):
         chunks(tok, "too short", n_ctx=512)
 
 
+@pytest.mark.slow
 def test_gguf_file_through_llama_cpp_against_transformers(gemma_dir):
     """The shipped Q4_K_M file in llama.cpp against transformers on the same weights (the float folder was
     dequantized from that file). The engines differ only by llama.cpp's 8-bit activations; the issue measured
@@ -46,8 +79,8 @@ def test_gguf_file_through_llama_cpp_against_transformers(gemma_dir):
     tok = AutoTokenizer.from_pretrained(gemma_dir)
     windows = chunks(tok, default_text()[0], n_ctx=512, max_chunks=2)
     hf = AutoModelForCausalLM.from_pretrained(gemma_dir, dtype=torch.float32)
-    ref = evaluate(hf, windows, progress=False)
-    r = evaluate(str(gguf_path()), windows, base=hf, threads=2, progress=False)
+    ref = score(hf, windows, progress=False)
+    r = score(str(gguf_path()), windows, base=hf, threads=2, progress=False)
     print(f"llama.cpp Q4_K_M file vs transformers: ppl {r['ppl']:.3f} vs {ref['ppl']:.3f}, KL {r['kl']:.4f}, "
           f"top-1 {r['top1']:.3f}")
     assert r["kl"] < 0.025 and r["top1"] > 0.9
@@ -56,6 +89,6 @@ def test_gguf_file_through_llama_cpp_against_transformers(gemma_dir):
 
 def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        evaluate(str(tmp_path / "x.gguf"), [torch.zeros(1, 8, dtype=torch.long)])
+        score(str(tmp_path / "x.gguf"), [torch.zeros(1, 8, dtype=torch.long)])
     with pytest.raises(ValueError, match="no evaluation windows"):
-        evaluate("x.gguf", [])
+        score("x.gguf", [])

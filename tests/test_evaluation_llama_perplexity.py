@@ -1,49 +1,41 @@
-"""Opt-in: hfq.evaluate on GGUF files equals llama.cpp's llama-perplexity (--kl-divergence) within 1%.
+"""hfq.evaluation.score on GGUF files equals llama.cpp's llama-perplexity (--kl-divergence) within 1%.
 
-Needs HFQ_LLAMA_PERPLEXITY (a llama-perplexity binary built from the llama-cpp-python sdist; README) and writes
-the 1 GB F32 GGUF of Gemma-3-270M once. llama-perplexity runs with -fa off: llama-cpp-python's default, and
-flash attention alone moves the quantized file's numbers by about 1%.
+llama-perplexity comes from the llama-cpp-python sdist (.ci/llama_tools.sh; HFQ_LLAMA_PERPLEXITY). The base is the
+1 GB F32 GGUF of Gemma-3-270M (the gemma_f32_gguf fixture). llama-perplexity runs with -fa off: llama-cpp-python's
+default, and flash attention alone moves the quantized file's numbers by about 1%.
 """
 
-import os
 import re
 import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from hfq.algorithms.calibration import token_windows
-from hfq.evaluation import default_text, evaluate
-from hfq.models import gguf_path
+from hfq.evaluation import default_text, score
+from hfq.embedded import gguf_path
 
-BIN = os.environ.get("HFQ_LLAMA_PERPLEXITY")
-pytestmark = pytest.mark.skipif(not (BIN and Path(BIN).exists()),
-                                reason="opt-in: set HFQ_LLAMA_PERPLEXITY to a llama-perplexity binary")
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+pytestmark = pytest.mark.slow
 
 
-def test_evaluate_equals_llama_perplexity(tmp_path):
-    from _gemma_gguf import f32_gguf
+def test_score_equals_llama_perplexity(tmp_path, gemma_f32_gguf, llama_perplexity_bin):
     from ggml_oracle import llama_tokenize
 
-    base = f32_gguf(Path(tempfile.gettempdir()) / "hfq-bench" / "gemma-3-270m-f32.gguf")
+    base = gemma_f32_gguf
     quant = gguf_path()
     text = default_text()[0][:40000]
     (tmp_path / "eval.txt").write_text(text)
     common = ["-f", str(tmp_path / "eval.txt"), "-c", "512", "-b", "512", "--chunks", "2", "-t", "2",
               "--no-repack", "-fa", "off", "--kl-divergence-base", str(tmp_path / "base.kld")]
-    subprocess.run([BIN, "-m", str(base)] + common, check=True, capture_output=True)
-    out = subprocess.run([BIN, "-m", str(quant)] + common + ["--kl-divergence"], check=True, capture_output=True,
-                         text=True)
+    subprocess.run([llama_perplexity_bin, "-m", str(base)] + common, check=True, capture_output=True)
+    out = subprocess.run([llama_perplexity_bin, "-m", str(quant)] + common + ["--kl-divergence"], check=True,
+                         capture_output=True, text=True)
     log = out.stdout + out.stderr
     ppl = float(re.search(r"Mean PPL\(Q\)\s*:\s*([\d.]+)", log).group(1))
     kld = float(re.search(r"Mean\s+KLD:\s*([\d.]+)", log).group(1))
     same = float(re.search(r"Same top p:\s*([\d.]+)", log).group(1)) / 100
 
     ids, bos = llama_tokenize(base, text)
-    r = evaluate(str(quant), token_windows(ids, 512, bos)[:2], base=str(base), threads=2, progress=False)
+    r = score(str(quant), token_windows(ids, 512, bos)[:2], base=str(base), threads=2, progress=False)
     print(f"hfq: ppl {r['ppl']:.4f} KL {r['kl']:.6f} top-1 {r['top1']:.4f}; "
           f"llama-perplexity: ppl {ppl:.4f} KL {kld:.6f} top-1 {same:.4f}")
     assert r["ppl"] == pytest.approx(ppl, rel=0.01)

@@ -10,7 +10,7 @@ from huggingface_hub import ModelCard, constants, snapshot_download
 from transformers import AutoModelForCausalLM
 
 import hfq
-from hfq.hub import PushError, sha256_file
+from hfq.publish.hub import PushError, sha256_file
 from helpers import WORDS, save_tiny_word_base
 from hub_server import LocalHub
 
@@ -81,9 +81,9 @@ def test_repush_unchanged_makes_no_commit(hub, base_dir, tmp_path, monkeypatch):
     _push(base_dir, tmp_path / "work")
     before = {k: len(v.commits) for k, v in hub.repos.items()}
     hub.log.clear()
-    import hfq.publish
+    import hfq.publish.push
 
-    monkeypatch.setattr(hfq.publish, "_make_variant", lambda *a, **k: pytest.fail("re-quantized a finished variant"))
+    monkeypatch.setattr(hfq.publish.push, "_make_variant", lambda *a, **k: pytest.fail("re-quantized a finished variant"))
     records = _push(base_dir, tmp_path / "work")
     assert all(r["commit_url"] is None for r in records)
     assert {k: len(v.commits) for k, v in hub.repos.items()} == before

@@ -6,10 +6,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hfq
 from hfq.cli import main
-from hfq.models import resolve
+from hfq.embedded import resolve
 
 from helpers import PARAGRAPH  # noqa: E402
 
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

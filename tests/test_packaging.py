@@ -1,4 +1,4 @@
-"""The wheel carries extensions/ and model_cards/, and the layers import only downward."""
+"""The wheel carries extensions/ and model_cards/, the layers import only downward, and `import hfq` stays light."""
 
 import ast
 import subprocess
@@ -10,11 +10,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Which hfq modules may import transformers, and which hfq packages each layer may import.
-TRANSFORMERS_ALLOWED = {"config", "integration", "quantizer", "models", "cli", "cli_gguf", "publish", "demo"}
-LAYER = {"_version": 1, "config": 1, "formats": 1, "_resources": 1, "kernels": 2, "nn": 3, "algorithms": 3, "checkpoint": 4,
-         "integration": 4, "gguf": 4, "evaluation": 4, "models": 4, "cards": 4, "hub": 4, "variants": 4, "chart": 4, "standard": 4,
-         "quantizer": 5, "publish": 5, "demo": 5, "cli": 5, "cli_gguf": 5, "__init__": 6}
+# Which rooms of hfq/ may import transformers, and the layer of each: a room imports only from its layer and below.
+TRANSFORMERS_ALLOWED = {"config", "integration", "embedded", "evaluation", "quantizer", "publish", "cli"}
+LAYER = {
+    # 1: the user's config, bit layouts, the architecture registry, atomic writes
+    "_version": 1, "_resources": 1, "config": 1, "formats": 1, "architectures": 1, "atomic": 1,
+    "kernels": 2,                                   # torch.ops.hfq.* schemas, reference bodies, native builds
+    "nn": 3, "algorithms": 3,                       # HfqLinear; what chooses codes and scales
+    # 4: model surgery, checkpoints, GGUF export, standard formats, evaluation, the embedded model
+    "integration": 4, "checkpoint": 4, "gguf": 4, "standard": 4, "evaluation": 4, "embedded": 4,
+    "quantizer": 5, "publish": 5,                   # transformers' hooks; variants, cards, Hub, demo
+    "cli": 6,
+    "__init__": 7,
+}
+UNIX_ONLY = {"resource", "fcntl", "pwd", "grp", "termios"}
 
 
 def _imports(path: Path):
@@ -53,6 +62,38 @@ def test_layering(path):
             if other == "__version__":
                 continue
             assert LAYER[other] <= LAYER[me], f"{me} (layer {LAYER[me]}) imports {other} (layer {LAYER[other]})"
+
+
+def test_every_room_has_a_layer():
+    rooms = {p.name.removesuffix(".py") for p in (ROOT / "hfq").iterdir() if p.suffix == ".py" or
+             (p.is_dir() and (p / "__init__.py").exists())}
+    assert rooms == set(LAYER), rooms ^ set(LAYER)
+
+
+def _module_level_imports(path: Path):
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            yield node.module
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "hfq").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_unix_only_module_at_import_time(path):
+    assert not set(_module_level_imports(path)) & UNIX_ONLY, f"{path.name}: import it inside the function, guarded"
+
+
+def test_import_hfq_registers_and_loads_no_publishing_code():
+    code = ("import sys, hfq\n"
+            "from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING\n"
+            "assert AUTO_QUANTIZER_MAPPING['hfq'] is hfq.HfqQuantizer\n"
+            "assert AUTO_QUANTIZATION_CONFIG_MAPPING['hfq'] is hfq.HfqConfig\n"
+            "loaded = sorted(m for m in sys.modules if m.startswith(('hfq.publish', 'hfq.cli')))\n"
+            "assert not loaded, loaded\n"
+            "assert callable(hfq.push_variants) and callable(hfq.make_card) and 'hfq.publish.push' in sys.modules\n"
+            "assert hfq.evaluate is __import__('hfq.evaluation').evaluation.evaluate\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_formats_and_algorithms_never_import_transformers():

@@ -116,7 +116,7 @@ def test_config_validation():
     with pytest.raises(ValueError, match="bits=9 is not supported"):
         hfq.HfqConfig(method="gptq", bits=9)
     c = hfq.HfqConfig(method="gptq", quant_type="q3_k_m")
-    assert (c.grid, c.quant_type, c.storage, c.short_name()) == ("gguf", "Q3_K_M", "gguf", "gptq-q3_k_m")
+    assert (c.grid, c.quant_type, c.layout, c.short_name()) == ("gguf", "Q3_K_M", "gguf", "gptq-q3_k_m")
     d = hfq.HfqConfig(method="gptq", desc_act=True, dataset=["secret text"]).to_dict()
     assert "dataset" not in d and "secret" not in json.dumps(d)
     assert hfq.HfqConfig(**d).act_order

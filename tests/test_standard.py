@@ -14,6 +14,8 @@ from helpers import assert_logits_close
 from hfq import standard
 from hfq.cli import main
 
+from helpers import naive_unpack_bitstream
+
 BIT_CASES = [(2, False), (3, False), (3, True), (4, True), (4, False), (8, True)]
 
 
@@ -125,9 +127,9 @@ def _float_twin(src, model, g_idx_layer=None, g_idx=None):
     for name, layer in _quantized(model).items():
         w = layer.dequantize_weight(torch.float32)
         if name == g_idx_layer:
-            from hfq.formats.standard_layout import hfq_int_codes
-
-            q = hfq_int_codes(layer.weight, layer.bits, layer.in_features).float()
+            # the rtn layout's codes: a little-endian bitstream of bytes per group (hfq/formats/layouts.py)
+            q = torch.tensor([[v for grp in row.tolist() for v in naive_unpack_bitstream(grp, layer.bits, layer.group_size)]
+                              for row in layer.weight], dtype=torch.float32)
             gi = g_idx.long()
             w = layer.scales.float()[:, gi] * (q - 2 ** (layer.bits - 1))
         twin.get_submodule(name).weight.data.copy_(w)

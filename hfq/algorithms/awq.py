@@ -18,11 +18,12 @@ The block stays float: awq_block returns it scaled and clipped, for the caller t
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
+
+from ..architectures import AWQ, ARCHITECTURES, AwqNorms
 
 logger = logging.getLogger(__name__)
 
@@ -34,27 +35,7 @@ _GATE_UP = ["mlp.gate_proj", "mlp.up_proj"]
 # for the block's, so, as AutoAWQ does, they are not clipped.
 _CLIPPED = ["self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 _CHUNK_ELEMS = 1 << 22  # float32 temporaries of at most 16 MB in the clip search
-
-
-@dataclass(frozen=True)
-class _Arch:
-    mlp_norm: str  # the norm whose output feeds gate_proj and up_proj
-    norm_offset: float  # the RMSNorm multiplies by (norm_offset + weight)
-    # Norms applied to the attention and MLP outputs (Gemma3): they normalize each token, so the search and the
-    # clip weigh each token's error as the norm does, not by its raw size.
-    post_norms: tuple[str, str] | None = None
-
-
-_ARCHS = {
-    "llama": _Arch("post_attention_layernorm", 0.0),
-    "mistral": _Arch("post_attention_layernorm", 0.0),
-    "qwen2": _Arch("post_attention_layernorm", 0.0),
-    "qwen3": _Arch("post_attention_layernorm", 0.0),
-    # Gemma3: post_attention_layernorm normalizes the attention output; pre_feedforward_layernorm feeds the MLP.
-    "gemma3": _Arch("pre_feedforward_layernorm", 1.0, ("post_attention_layernorm", "post_feedforward_layernorm")),
-    "gemma3_text": _Arch("pre_feedforward_layernorm", 1.0, ("post_attention_layernorm", "post_feedforward_layernorm")),
-}
-SUPPORTED_ARCHS = tuple(sorted(_ARCHS))
+SUPPORTED_ARCHS = AWQ
 
 
 def scale_groups(block: nn.Module, arch: str) -> list[tuple[str, list[str], str, str | None]]:
@@ -77,11 +58,11 @@ def scale_groups(block: nn.Module, arch: str) -> list[tuple[str, list[str], str,
     return groups
 
 
-def _arch(arch: str) -> _Arch:
-    if arch not in _ARCHS:
+def _arch(arch: str) -> AwqNorms:
+    if arch not in AWQ:
         raise ValueError(f"AWQ does not support arch={arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}. "
                          "Quantize this model with method='gptq' or 'rtn' instead.")
-    return _ARCHS[arch]
+    return ARCHITECTURES[arch].awq
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ def install(block: nn.Module, name: str, grid, tensors: dict[str, torch.Tensor])
     """Replace block.<name> (an nn.Linear) with an HfqLinear holding `tensors`."""
     lin = block.get_submodule(name)
     w = lin.weight
-    new = HfqLinear(lin.in_features, lin.out_features, lin.bias is not None, grid.storage,
+    new = HfqLinear(lin.in_features, lin.out_features, lin.bias is not None, grid.layout,
                     getattr(grid, "bits", 4), grid.group_size or 0, getattr(grid, "sym", True),
                     getattr(grid, "double_quant", False), dtype=w.dtype, device=w.device,
                     ggml_type=getattr(grid, "type", None), act_order="g_idx" in tensors)

@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_file
+
 logger = logging.getLogger(__name__)
 
 
@@ -70,10 +72,9 @@ def collect_importance(model: nn.Module, windows: list[torch.Tensor],
 def save_importance(importance: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
     """Write importance vectors as safetensors, atomically."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous().float() for k, v in importance.items()}, str(tmp),
-              metadata={"format": "hfq-importance", "statistic": "mean_sq_activation"})
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file({k: v.contiguous().float() for k, v in importance.items()}, str(tmp),
+                  metadata={"format": "hfq-importance", "statistic": "mean_sq_activation"})
     return path
 
 

@@ -22,7 +22,7 @@ from .rtn import double_quantize, int_grid_params, nearest_code, quantize_layer_
 class IntGrid:
     """b-bit integers, scale and zero per group of `group_size` columns (-1: one group per row)."""
 
-    storage = "rtn"
+    layout = "rtn"
     step = 1
 
     def __init__(self, bits: int, group_size: int, sym: bool, act_order: bool = False):
@@ -86,12 +86,12 @@ class CodebookGrid:
     step = 1
 
     def __init__(self, name: str, group_size: int, double_quant: bool):
-        self.storage, self.group_size, self.double_quant = name, group_size, double_quant
+        self.layout, self.group_size, self.double_quant = name, group_size, double_quant
 
     def group(self, in_features: int) -> int:
         if in_features % self.group_size:
-            raise ValueError(f"in_features={in_features} is not a multiple of the {self.storage} block "
-                             f"{self.group_size}; calibrated {self.storage} needs blocks inside rows. Pick a "
+            raise ValueError(f"in_features={in_features} is not a multiple of the {self.layout} block "
+                             f"{self.group_size}; calibrated {self.layout} needs blocks inside rows. Pick a "
                              "group_size that divides it or list the layer in modules_to_not_convert.")
         return self.group_size
 
@@ -99,7 +99,7 @@ class CodebookGrid:
         return wg.abs().amax(1)
 
     def quantize(self, w: torch.Tensor, absmax):
-        code = codebook(self.storage, w.device).to(w.dtype)
+        code = codebook(self.layout, w.device).to(w.dtype)
         a = absmax.to(w.dtype).unsqueeze(1)
         inv = 1.0 / a.clamp(min=torch.finfo(torch.float32).tiny)
         idx = nearest_code(torch.clamp(w * inv, -1, 1), code)
@@ -126,17 +126,17 @@ class CodebookGrid:
         return q.reshape(w.shape)
 
     def rtn(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
-        return quantize_layer_weight(w, self.storage, 4, self.group_size, True, self.double_quant)
+        return quantize_layer_weight(w, self.layout, 4, self.group_size, True, self.double_quant)
 
     def describe(self) -> str:
-        return f"{self.storage}{'-dq' if self.double_quant else ''}-b{self.group_size}"
+        return f"{self.layout}{'-dq' if self.double_quant else ''}-b{self.group_size}"
 
 
 class GGMLGrid:
     """One GGML type. A whole block of columns is rounded at once by the ggml encoder (its scale search spans
     the block), weighted by `importance` = the diagonal of the block's effective Hessian (see gptq.py)."""
 
-    storage = "gguf"
+    layout = "gguf"
     group_size = None
 
     def __init__(self, type_name: str):
@@ -170,7 +170,7 @@ def decode(grid, tensors: dict[str, torch.Tensor], out_features: int, in_feature
     """The float32 weight that layout `tensors` of `grid` hold (through the ops, as HfqLinear computes it)."""
     from ..nn import HfqLinear
 
-    lin = HfqLinear(in_features, out_features, False, grid.storage, getattr(grid, "bits", 4),
+    lin = HfqLinear(in_features, out_features, False, grid.layout, getattr(grid, "bits", 4),
                     grid.group_size or 0, getattr(grid, "sym", True), getattr(grid, "double_quant", False),
                     ggml_type=getattr(grid, "type", None), act_order="g_idx" in tensors,
                     device=next(iter(tensors.values())).device)
@@ -178,13 +178,13 @@ def decode(grid, tensors: dict[str, torch.Tensor], out_features: int, in_feature
     return lin.dequantize_weight(torch.float32)
 
 
-def make_grid(storage: str, bits: int | None = None, group_size: int | None = None, sym: bool = True,
+def make_grid(layout: str, bits: int | None = None, group_size: int | None = None, sym: bool = True,
               double_quant: bool = False, ggml: str | None = None, act_order: bool = False):
-    """The grid for an hfq storage method ('rtn' int, 'nf4', 'fp4', 'gguf' with a GGML type)."""
-    if storage == "rtn":
+    """The grid for an hfq layer layout ('rtn' int, 'nf4', 'fp4', 'gguf' with a GGML type)."""
+    if layout == "rtn":
         return IntGrid(bits, group_size, sym, act_order)
-    if storage in ("nf4", "fp4"):
-        return CodebookGrid(storage, group_size, double_quant)
-    if storage == "gguf":
+    if layout in ("nf4", "fp4"):
+        return CodebookGrid(layout, group_size, double_quant)
+    if layout == "gguf":
         return GGMLGrid(ggml)
-    raise ValueError(f"no calibrated grid for storage {storage!r}; allowed: 'rtn', 'nf4', 'fp4', 'gguf'.")
+    raise ValueError(f"no calibrated grid for layout {layout!r}; allowed: 'rtn', 'nf4', 'fp4', 'gguf'.")

@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 
 import gguf
@@ -26,12 +25,15 @@ import numpy as np
 import torch
 
 from ..algorithms.ggml_quant import quantize_rows
+from ..architectures import architecture
+from ..atomic import replace, temp_name
 from ..formats.bitpack import unpack_bits
 from ..formats.ggml_layout import PACK
 from ..formats.ggml_types import FILE_TYPES, ggml_type
 from ..nn.linear import HfqLinear
 from . import mixes
 from .metadata import add_hparams, gguf_arch
+from .names import tensor_name_map
 from .vocab import add_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -107,6 +109,7 @@ class _Plan:
         self.hp = model.config.to_dict()
         self.model_type = self.hp.get("model_type")
         self.arch = gguf_arch(self.model_type)
+        self.gemma = architecture(self.model_type).norm_plus_one
         self.shape = mixes.model_shape(model.config) if file_type in FILE_TYPES else None
         cfg = _hfq_config(model)
         self.requant_gguf = ((cfg.get("method") == "gguf" or cfg.get("grid") == "gguf")
@@ -123,7 +126,7 @@ class _Plan:
         return mixes.tensor_type(self.file_type, gname, ncols, self.shape, bool(self.importance))
 
     def permute(self, hf_name: str) -> int | None:
-        if self.model_type not in ("llama", "mistral"):
+        if not architecture(self.model_type).rotary_permute:
             return None
         if re.search(r"\.q_proj\.(weight|bias)$", hf_name):
             return self.hp["num_attention_heads"]
@@ -136,7 +139,7 @@ def _float_tensor(plan: _Plan, hf_name: str, t: torch.Tensor, gname: str, n_voca
     """(lazy data, raw GGML type or None) for a float tensor."""
     def data() -> torch.Tensor:
         x = t.detach().to(torch.float32)
-        if plan.model_type.startswith("gemma3"):
+        if plan.gemma:
             if hf_name.endswith("embed_tokens.weight"):
                 x = x[:n_vocab]                       # the converter drops rows past the tokenizer
             if hf_name.endswith("norm.weight"):
@@ -144,8 +147,7 @@ def _float_tensor(plan: _Plan, hf_name: str, t: torch.Tensor, gname: str, n_voca
         n_head = plan.permute(hf_name)
         return _permute_rows(x, n_head) if n_head else x
 
-    rows = min(t.shape[0], n_vocab) if plan.model_type.startswith("gemma3") and \
-        hf_name.endswith("embed_tokens.weight") else t.shape[0]
+    rows = min(t.shape[0], n_vocab) if plan.gemma and hf_name.endswith("embed_tokens.weight") else t.shape[0]
     shape = (rows, *t.shape[1:])
     typ = plan.target(gname, t.shape[-1], t.dim())
     if typ in ("F32", "F16"):
@@ -195,7 +197,7 @@ def _hfq_linear(plan: _Plan, hf_name: str, m: HfqLinear, gname: str):
 def _tensors(plan: _Plan, n_vocab: int):
     """(gguf name, lazy tensor, raw type) for every tensor, in the model's state-dict order."""
     model, hp = plan.model, plan.hp
-    tmap = gguf.get_tensor_name_map(plan.arch, hp["num_hidden_layers"])
+    tmap = tensor_name_map(plan.model_type, hp["num_hidden_layers"])
     hfq_mods = {n: m for n, m in model.named_modules() if isinstance(m, HfqLinear)}
     tied = bool(hp.get("tie_word_embeddings"))
     for key, t in model.state_dict(keep_vars=True).items():
@@ -240,7 +242,7 @@ def export_gguf(model, tokenizer, path: str | os.PathLike, quant_type: str | Non
     plan = _Plan(model, file_type, importance)
     ftype_id = FLOAT_TYPES.get(file_type, FILE_TYPES.get(file_type, (None,))[0])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temp_name(path.parent / path.stem)
     tmp.mkdir()
     try:
         w = gguf.GGUFWriter(tmp / path.name, gguf.MODEL_ARCH_NAMES[plan.arch],
@@ -259,8 +261,7 @@ def export_gguf(model, tokenizer, path: str | os.PathLike, quant_type: str | Non
         written = sorted(tmp.iterdir())
         out = []
         for f in written:
-            os.replace(f, path.parent / f.name)
-            out.append(path.parent / f.name)
+            out.append(replace(f, path.parent / f.name))
         logger.info("wrote %s (%s)", ", ".join(str(p) for p in out), file_type)
         return out
     finally:

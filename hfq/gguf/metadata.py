@@ -1,5 +1,5 @@
 """Architecture hyperparameters for GGUF, with the keys and values llama.cpp's converter writes for the
-supported architectures (llama, mistral, qwen2, qwen3, gemma3), read from the transformers config dict."""
+architectures hfq exports (hfq.architectures.GGUF_EXPORT), read from the transformers config dict."""
 
 from __future__ import annotations
 
@@ -7,17 +7,16 @@ import logging
 
 import gguf
 
-logger = logging.getLogger(__name__)
+from ..architectures import GGUF_EXPORT, architecture
 
-ARCHS = {"llama": gguf.MODEL_ARCH.LLAMA, "mistral": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2,
-         "qwen3": gguf.MODEL_ARCH.QWEN3, "gemma3": gguf.MODEL_ARCH.GEMMA3, "gemma3_text": gguf.MODEL_ARCH.GEMMA3}
+logger = logging.getLogger(__name__)
 
 
 def gguf_arch(model_type: str | None) -> gguf.MODEL_ARCH:
-    if model_type not in ARCHS:
+    if model_type not in GGUF_EXPORT:
         raise ValueError(f"model_type={model_type!r} cannot be exported to GGUF by hfq; supported: "
-                         f"{', '.join(ARCHS)}. Convert it with llama.cpp's convert_hf_to_gguf.py instead.")
-    return ARCHS[model_type]
+                         f"{', '.join(GGUF_EXPORT)}. Convert it with llama.cpp's convert_hf_to_gguf.py instead.")
+    return gguf.MODEL_ARCH[architecture(model_type).gguf_arch]
 
 
 def _find(hp: dict, keys: tuple[str, ...]):
@@ -36,7 +35,7 @@ def _rope(hp: dict) -> dict:
 
 def add_hparams(w: gguf.GGUFWriter, hp: dict, model_type: str, file_type: int) -> None:
     """Hyperparameter keys in the order llama.cpp's converter adds them."""
-    gemma = model_type.startswith("gemma3")
+    gemma = architecture(model_type).norm_plus_one
     w.add_block_count(hp["num_hidden_layers"])
     n_ctx = _find(hp, ("max_position_embeddings", "n_ctx", "n_positions", "max_length"))
     if n_ctx is not None:
@@ -70,7 +69,7 @@ def add_hparams(w: gguf.GGUFWriter, hp: dict, model_type: str, file_type: int) -
         w.add_key_length(hp["head_dim"])
         w.add_value_length(hp["head_dim"])
     w.add_file_type(file_type)
-    if model_type in ("llama", "mistral"):
+    if architecture(model_type).rotary_permute:   # the converter's LlamaModel writes these two
         w.add_vocab_size(hp["vocab_size"])
         w.add_rope_dimension_count(hp.get("head_dim") or hp["hidden_size"] // hp["num_attention_heads"])
     if gemma:

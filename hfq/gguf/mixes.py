@@ -1,23 +1,16 @@
 """llama.cpp's per-tensor type choice for a file type (src/llama-quant.cpp, llama_tensor_get_type).
 
-Dense decoder models only (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3): the rules that depend on
-experts or on Falcon never fire for them. Tensors are named as in GGUF (blk.N.attn_v.weight); `gguf_name`
-maps transformers module names onto those.
+Dense decoder models only (hfq.architectures.MIXES): the rules that depend on experts or on Falcon never fire
+for them. Tensors are named as in GGUF (blk.N.attn_v.weight); hfq.gguf.names maps transformers names onto those.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from ..architectures import MIXES
 from ..formats.ggml_types import FILE_TYPES, ggml_type
-
-ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text")
-
-_BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)$")
-_ROLE = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-         "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-         "mlp.down_proj": "ffn_down"}
+from .names import gguf_name
 # Where a shape does not divide the block size (llama.cpp's tensor_type_fallback).
 _FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
@@ -43,26 +36,13 @@ def model_shape(config) -> ModelShape:
     """Read what the rules need from a transformers config (text config for multimodal models)."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     arch = getattr(config, "model_type", None)
-    if arch not in ARCHS:
-        raise ValueError(f"GGUF mixes are defined for model_type in {', '.join(ARCHS)}; got {arch!r}. "
+    if arch not in MIXES:
+        raise ValueError(f"GGUF mixes are defined for model_type in {', '.join(MIXES)}; got {arch!r}. "
                          "Use a plain type (Q4_0, Q8_0, ...) via tensor_types, or another hfq method.")
     n_head = text.num_attention_heads
     return ModelShape(arch=arch, n_layer=text.num_hidden_layers, n_head=n_head,
                       n_head_kv=getattr(text, "num_key_value_heads", None) or n_head,
                       tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)))
-
-
-def gguf_name(module_name: str, tied: bool) -> str | None:
-    """transformers module name -> GGUF tensor name, or None for a module the GGUF rules do not know."""
-    m = _BLOCK.search(module_name)
-    if m:
-        return f"blk.{m.group(1)}.{_ROLE[m.group(2)]}.weight"
-    last = module_name.rsplit(".", 1)[-1]
-    if last == "lm_head":
-        return "token_embd.weight" if tied else "output.weight"
-    if last == "embed_tokens":
-        return "token_embd.weight"
-    return None
 
 
 def _more_bits(i: int, n: int) -> bool:
@@ -145,7 +125,7 @@ def plan(quant_type: str, layers: dict[str, int], shape: ModelShape, has_importa
     default = FILE_TYPES[quant_type][1]
     out = {}
     for module, ncols in layers.items():
-        g = gguf_name(module, shape.tied_embeddings)
+        g = gguf_name(module, shape.arch, shape.n_layer, shape.tied_embeddings)
         out[module] = (tensor_type(quant_type, g, ncols, shape, has_importance) if g
                        else fallback(default, ncols))
     return out

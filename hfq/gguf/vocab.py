@@ -16,6 +16,8 @@ from pathlib import Path
 
 import gguf
 
+from ..architectures import architecture
+
 # Split regexes of the byte-level BPE pre-tokenizers llama.cpp implements, and the names its converter writes.
 _QWEN2_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
              r"\s+(?!\S)|\s+")
@@ -25,7 +27,6 @@ _BYTE_LEVEL_PRE = {_QWEN2_RE: "qwen2", _LLAMA3_RE: "llama-bpe"}
 # Gemma's tokenizer.json (split on spaces, merged with the previous piece, spaces escaped as U+2581): llama.cpp's
 # converter identifies it by hash as "granite-embed-multi-311m", which llama.cpp runs as its gemma4 pre-tokenizer.
 _SPACE_SPLIT_PRE = "granite-embed-multi-311m"
-SPM_ARCHS = ("llama", "mistral")
 
 
 def _looks_special(text: str) -> bool:
@@ -115,7 +116,7 @@ def add_tokenizer(writer: gguf.GGUFWriter, tokenizer, arch: str, n_vocab: int) -
         tc = path / "tokenizer_config.json"
         tcfg = json.loads(tc.read_text(encoding="utf-8")) if tc.is_file() else {}
         n_real = len(tj["model"].get("vocab") or {}) + len(tj.get("added_tokens") or [])
-        if arch in SPM_ARCHS and _is_spm_style(tj):
+        if getattr(architecture(arch), "spm_vocab", False) and _is_spm_style(tj):
             if tcfg.get("add_prefix_space") is not None:
                 writer.add_add_space_prefix(tcfg["add_prefix_space"])
             vocab = gguf.LlamaHfVocab(path)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .._resources import resource_dir
+from ..atomic import replace, temp_name, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +115,7 @@ def _write_log(name: str, text: str) -> Path | None:
     try:
         d = cache_root()
         d.mkdir(parents=True, exist_ok=True)
-        p = d / f"{name}-build.log"
-        p.write_text(text + "\n")
-        return p
+        return write_text(d / f"{name}-build.log", text + "\n")
     except OSError:
         return None
 
@@ -137,12 +136,14 @@ def _build(name: str) -> None:
         if not src_dir.is_dir():
             # Build from a copy inside the cache: ninja tracks source paths, so compiling the checkout's files
             # directly would rebuild for every checkout or install location with the same sources.
-            tmp = build_dir / f".src-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
+            tmp = temp_name(src_dir)
             tmp.mkdir(parents=True)
-            for s in srcs:
-                shutil.copyfile(root / s, tmp / Path(s).name)
-            os.replace(tmp, src_dir)
+            try:
+                for s in srcs:
+                    shutil.copyfile(root / s, tmp / Path(s).name)
+                replace(tmp, src_dir)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         cpp = [str(src_dir / Path(s).name) for s in srcs if s.endswith((".cpp", ".cu"))]
         logger.info("hfq: loading native kernel %s (cache %s; the first build takes a minute or two)", name,
                     build_dir)

@@ -5,8 +5,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from ggml_oracle import (llama_quantize, llama_quantize_bin, llama_tensors, run_llama_quantize_bin, write_f32_gguf,
-                         write_imatrix)
+from ggml_oracle import llama_quantize, llama_tensors, run_llama_quantize_bin, write_f32_gguf, write_imatrix
 
 from hfq.algorithms.ggml_quant import quantize_rows, quantize_rows_reference
 from hfq.algorithms.ggml_search import nearest_int, roundf
@@ -117,17 +116,16 @@ def test_bad_input_is_named():
         quantize_rows(torch.zeros(256), "Q4_K")
 
 
-@pytest.mark.skipif(llama_quantize_bin() is None, reason="opt-in: set HFQ_LLAMA_QUANTIZE to a llama-quantize "
-                    "binary (build it from the llama-cpp-python sdist; see README)")
 @pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("file_type", list(KQUANTS) + ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
-def test_importance_weighted_bytes_equal_llama_quantize_imatrix(f32_model, file_type, impl):
+def test_importance_weighted_bytes_equal_llama_quantize_imatrix(f32_model, file_type, impl, llama_quantize_bin):
+    """llama-quantize --imatrix (built from the pinned sdist by .ci/llama_tools.sh) given the same vectors."""
     src, tensors, d = f32_model
     rng = np.random.default_rng(2)
     vecs = {k: (rng.random(v.shape[1]) ** 3 * 10).astype(np.float32)
             for k, v in tensors.items() if k.startswith("blk.") and v.ndim == 2}
     imat = write_imatrix(d / "imatrix.gguf", vecs)
-    out = run_llama_quantize_bin(llama_quantize_bin(), src, d / f"imat-{file_type}.gguf", file_type, imat)
+    out = run_llama_quantize_bin(llama_quantize_bin, src, d / f"imat-{file_type}.gguf", file_type, imat)
     report = {}
     for name, v in vecs.items():
         tname, data = out[name]

@@ -1,11 +1,17 @@
 """GPTQ: the lazy-batched Cholesky implementation against a naive column-by-column OBQ written from the paper's
-equations (explicit inverse Hessian, Gaussian elimination after each column; no Cholesky, no lazy batches), and
-the error ordering GPTQ <= RTN on layers with correlated inputs."""
+equations (explicit inverse Hessian, Gaussian elimination after each column; no Cholesky, no lazy batches) on grids
+written here from their definitions (llama.cpp's own encoder for GGML blocks), and the error ordering GPTQ <= RTN
+on layers with correlated inputs."""
 
 import logging
 
+import bitsandbytes.functional as bF
+import gguf
+import numpy as np
 import pytest
 import torch
+from ggml_oracle import ggml_quantize
+from helpers import naive_rtn
 
 from hfq.algorithms.gptq import Hessian, gptq_quantize
 from hfq.algorithms.grids import decode, make_grid
@@ -19,6 +25,80 @@ def _gar_order(d, gs):
     groups = [list(range(g, g + gs)) for g in range(0, len(d), gs)]
     groups.sort(key=lambda cols: -max(d[c] for c in cols))
     return [c for cols in groups for c in sorted(cols, key=lambda c: -d[c])]
+
+
+class SpecInt:
+    """GPTQ's integer grid from its definition: sym scale = 2 max|w| / (2^b - 1), zero 2^(b-1); asym scale =
+    (max(w,0) - min(w,0)) / (2^b - 1), zero = round(-min(w,0) / scale); the scale is stored in float16 (an
+    all-zero group gets 1) and codes are rounded against that stored value."""
+
+    step = 1
+
+    def __init__(self, layout, bits, group_size, sym):
+        self.bits, self.group_size, self.sym, self.maxq = bits, group_size, sym, 2**bits - 1
+
+    def group(self, n):
+        return n if self.group_size == -1 else self.group_size
+
+    def params(self, wg):
+        w = wg.float()
+        if self.sym:
+            scale = 2 * w.abs().amax(1) / self.maxq
+        else:
+            lo, hi = w.amin(1).clamp(max=0), w.amax(1).clamp(min=0)
+            scale = (hi - lo) / self.maxq
+        scale = scale.clamp(max=65504).half().float()
+        scale[scale == 0] = 1
+        zero = torch.full_like(scale, 2 ** (self.bits - 1)) if self.sym else (-lo / scale).round().clamp(0, self.maxq)
+        return scale, zero
+
+    def quantize(self, w, p):
+        scale, zero = (t.to(w.dtype)[:, None] for t in p)
+        q = ((w / scale).round() + zero).clamp(0, self.maxq)
+        return scale * (q - zero), q
+
+
+class SpecCodebook:
+    """NF4/FP4 from QLoRA: each block of columns scaled by its absmax (times its reciprocal, as bitsandbytes does)
+    and rounded to the nearest entry of bitsandbytes' code table (a midpoint goes to the smaller entry)."""
+
+    step = 1
+
+    def __init__(self, layout, group_size):
+        self.code, self.group_size = bF.get_4bit_type(layout, device="cpu").double(), group_size
+
+    def group(self, n):
+        return self.group_size
+
+    def params(self, wg):
+        return wg.abs().amax(1)
+
+    def quantize(self, w, absmax):
+        a = absmax.to(w.dtype)[:, None]
+        x = (w * (1 / a)).clamp(-1, 1)
+        idx = (x[..., None] - self.code.to(w.dtype)).abs().argmin(-1)
+        return self.code.to(w.dtype)[idx] * a, idx
+
+
+class SpecGGML:
+    """A GGML type: a block of columns is encoded by llama.cpp's own ggml_quantize_chunk (weighted by importance,
+    as with an imatrix) and decoded by gguf-py."""
+
+    def __init__(self, layout, ggml):
+        self.type = ggml
+        self.step = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[ggml]][0]
+
+    def group(self, n):
+        return None
+
+    def quantize_block(self, w, importance):
+        data = ggml_quantize(w.float().numpy(), self.type, importance.float().numpy())
+        deq = gguf.quants.dequantize(data, gguf.GGMLQuantizationType[self.type]).reshape(w.shape)
+        return torch.from_numpy(np.ascontiguousarray(deq)).to(w.dtype), data
+
+
+def spec_grid(layout, **kw):
+    return {"rtn": SpecInt, "nf4": SpecCodebook, "gguf": SpecGGML}[layout](layout, **kw)
 
 
 def _naive_gptq(W, H, grid, damp=0.01, desc_act=False, static_groups=False, group_aware=False):
@@ -73,28 +153,32 @@ def _layer(seed, out_f=48, in_f=256, tokens=1024, rank=32):
 
 
 GRIDS = {
-    "int4-g32-sym": dict(storage="rtn", bits=4, group_size=32, sym=True),
-    "int3-g64-asym": dict(storage="rtn", bits=3, group_size=64, sym=False),
-    "int4-pc": dict(storage="rtn", bits=4, group_size=-1, sym=True),
-    "nf4-b32": dict(storage="nf4", group_size=32),
-    "Q4_K": dict(storage="gguf", ggml="Q4_K"),
-    "Q3_K": dict(storage="gguf", ggml="Q3_K"),
-    "Q4_0": dict(storage="gguf", ggml="Q4_0"),
+    "int4-g32-sym": dict(layout="rtn", bits=4, group_size=32, sym=True),
+    "int3-g64-asym": dict(layout="rtn", bits=3, group_size=64, sym=False),
+    "int4-pc": dict(layout="rtn", bits=4, group_size=-1, sym=True),
+    "nf4-b32": dict(layout="nf4", group_size=32),
+    "Q4_K": dict(layout="gguf", ggml="Q4_K"),
+    "Q3_K": dict(layout="gguf", ggml="Q3_K"),
+    "Q4_0": dict(layout="gguf", ggml="Q4_0"),
 }
+ORDERS = {"plain": (False, False), "act-order": (True, False), "act-order-static": (True, True)}
 
 
-@pytest.mark.parametrize("name", list(GRIDS))
-@pytest.mark.parametrize("desc_act,static", [(False, False), (True, False), (True, True)])
-def test_lazy_batched_equals_naive_obq(name, desc_act, static):
+def _valid(name, order):
+    """GGML blocks keep column order (no act-order); the nf4 layout has no g_idx (act-order needs static groups);
+    test_bad_inputs checks that both are refused."""
+    layout, (desc_act, static) = GRIDS[name]["layout"], ORDERS[order]
+    return not (layout == "gguf" and desc_act) and not (layout == "nf4" and desc_act and not static)
+
+
+@pytest.mark.parametrize("name,order", [(n, o) for n in GRIDS for o in ORDERS if _valid(n, o)])
+def test_lazy_batched_equals_naive_obq(name, order):
+    desc_act, static = ORDERS[order]
     grid = make_grid(**GRIDS[name])
-    if grid.step > 1 and desc_act:
-        pytest.skip("GGML blocks keep column order")
-    if grid.storage == "nf4" and desc_act and not static:
-        pytest.skip("nf4 has no g_idx")
     W, _, H = _layer(1, out_f=16, in_f=256 if grid.step > 1 else 128)
     H = H.double()
     res = gptq_quantize(W.double(), H, grid, desc_act=desc_act, static_groups=static, block_size=64)
-    ref = _naive_gptq(W, H, grid, desc_act=desc_act, static_groups=static)
+    ref = _naive_gptq(W, H, spec_grid(**GRIDS[name]), desc_act=desc_act, static_groups=static)
     torch.testing.assert_close(res.weight.double(), ref.float().double(), rtol=1e-5, atol=1e-6)
     # the saved layout decodes to the same weight
     torch.testing.assert_close(decode(grid, res.tensors, *W.shape), res.weight, rtol=1e-6, atol=1e-6)
@@ -106,7 +190,7 @@ def test_group_aware_order_equals_naive_obq_in_that_order(name):
     W, _, H = _layer(2, out_f=16, in_f=128)
     H = H.double()
     res = gptq_quantize(W.double(), H, grid, block_size=64, group_aware=True)
-    ref = _naive_gptq(W, H, grid, group_aware=True)
+    ref = _naive_gptq(W, H, spec_grid(**GRIDS[name]), group_aware=True)
     torch.testing.assert_close(res.weight.double(), ref.double(), rtol=1e-5, atol=1e-6)
     assert "g_idx" not in res.tensors     # contiguous groups: the plain layout
     torch.testing.assert_close(decode(grid, res.tensors, *W.shape), res.weight, rtol=1e-6, atol=1e-6)
@@ -116,10 +200,10 @@ def test_group_aware_order_equals_naive_obq_in_that_order(name):
 
 @pytest.mark.parametrize("name", ["int4-g128-sym", "int4-g128-asym", "int3-g128-sym", "nf4-b64", "Q4_K", "Q3_K"])
 def test_gptq_beats_rtn_on_correlated_inputs(name):
-    spec = {"int4-g128-sym": dict(storage="rtn", bits=4, group_size=128, sym=True),
-            "int4-g128-asym": dict(storage="rtn", bits=4, group_size=128, sym=False),
-            "int3-g128-sym": dict(storage="rtn", bits=3, group_size=128, sym=True),
-            "nf4-b64": dict(storage="nf4", group_size=64)}.get(name) or GRIDS[name]
+    spec = {"int4-g128-sym": dict(layout="rtn", bits=4, group_size=128, sym=True),
+            "int4-g128-asym": dict(layout="rtn", bits=4, group_size=128, sym=False),
+            "int3-g128-sym": dict(layout="rtn", bits=3, group_size=128, sym=True),
+            "nf4-b64": dict(layout="nf4", group_size=64)}.get(name) or GRIDS[name]
     grid = make_grid(**spec)
     ratios = []
     for seed in range(4):
@@ -193,12 +277,32 @@ def test_bad_inputs():
         gptq_quantize(W, H, make_grid("nf4", group_size=32), desc_act=True)
 
 
-@pytest.mark.parametrize("spec", [dict(storage="rtn", bits=3, group_size=32, sym=False),
-                                  dict(storage="rtn", bits=4, group_size=-1, sym=True),
-                                  dict(storage="nf4", group_size=64), dict(storage="nf4", group_size=64, double_quant=True),
-                                  dict(storage="gguf", ggml="Q3_K")], ids=str)
+def _independent_rtn(spec, W):
+    """Round-to-nearest of W on the grid, by code that shares nothing with hfq's encoders or decoders."""
+    if spec["layout"] == "rtn":
+        return torch.tensor(naive_rtn(W, spec["bits"], spec["group_size"], spec["sym"])[3], dtype=torch.float32)
+    if spec["layout"] == "gguf":
+        qt = gguf.GGMLQuantizationType[spec["ggml"]]
+        return torch.from_numpy(gguf.quants.dequantize(ggml_quantize(W.numpy(), spec["ggml"]), qt).reshape(W.shape))
+    packed, state = bF.quantize_4bit(W, blocksize=spec["group_size"], quant_type="nf4",
+                                     compress_statistics=spec.get("double_quant", False))
+    if spec.get("double_quant"):
+        # bitsandbytes' CPU kernel picks a neighbouring 8-bit absmax code for a few constants (test_rtn.py), so
+        # decode hfq's own bytes and codes with bitsandbytes' decoder instead
+        t = make_grid(**spec).rtn(W)
+        packed, state.absmax = t["weight"].reshape(-1, 1), t["absmax"]
+        assert torch.equal(state.offset, t["absmax_offset"]) and torch.equal(state.state2.absmax, t["absmax_scale"])
+    return bF.dequantize_4bit(packed, state)
+
+
+@pytest.mark.parametrize("spec", [dict(layout="rtn", bits=3, group_size=32, sym=False),
+                                  dict(layout="rtn", bits=4, group_size=-1, sym=True),
+                                  dict(layout="nf4", group_size=64), dict(layout="nf4", group_size=64, double_quant=True),
+                                  dict(layout="gguf", ggml="Q3_K")], ids=str)
 def test_fake_quant_equals_decoded_rtn_layout(spec):
-    """AWQ's fake quantizer is exactly the stored round-to-nearest result."""
+    """AWQ's fake quantizer is exactly the stored round-to-nearest result, and both equal an independent
+    round-to-nearest: the naive per-element RTN, bitsandbytes, or llama.cpp's encoder with gguf-py's decoder."""
     grid = make_grid(**spec)
     W = torch.randn(8, 256, generator=torch.Generator().manual_seed(5))
     assert torch.equal(grid.fake(W), decode(grid, grid.rtn(W), 8, 256))
+    assert torch.equal(grid.fake(W), _independent_rtn(spec, W))

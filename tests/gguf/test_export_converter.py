@@ -1,10 +1,8 @@
-"""Opt-in: hfq's F32 export equals llama.cpp's own convert_hf_to_gguf.py output (keys, values, tokenizer arrays,
-tensor names, shapes, F32 bytes), apart from provenance fields such as general.name.
+"""hfq's F32 export equals llama.cpp's own convert_hf_to_gguf.py output (keys, values, tokenizer arrays, tensor
+names, shapes, F32 bytes), apart from provenance fields such as general.name.
 
-Set HFQ_LLAMA_CPP_SRC to llama.cpp's source tree, for example the one inside the llama-cpp-python sdist
-(`pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36`, untar, vendor/llama.cpp)."""
+The converter is the one in the llama-cpp-python sdist's llama.cpp tree (.ci/llama_tools.sh; HFQ_LLAMA_CPP_SRC)."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +14,6 @@ import torch
 
 import hfq
 
-SRC = os.environ.get("HFQ_LLAMA_CPP_SRC")
-pytestmark = pytest.mark.skipif(not SRC or not (Path(SRC or ".") / "convert_hf_to_gguf.py").is_file(),
-                                reason="set HFQ_LLAMA_CPP_SRC to llama.cpp's source tree to compare with its converter")
 # Names the converter's hash table gives the real tokenizers of these architectures.
 PRE = {"qwen2": "qwen2", "qwen3": "qwen2", "gemma3": "granite-embed-multi-311m"}
 PROVENANCE = ("general.name", "general.basename", "general.size_label", "general.license", "general.tags",
@@ -33,12 +28,12 @@ def _read(path):
     return fields, tensors
 
 
-def _compare(src_dir, tmp_path, pre=""):
+def _compare(src_dir, tmp_path, llama_src, pre=""):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     theirs = tmp_path / "converter.gguf"
     subprocess.run([sys.executable, str(Path(__file__).parents[1] / "convert_runner.py"), str(src_dir), str(theirs),
-                    "f32", pre, SRC], check=True, capture_output=True, timeout=900)
+                    "f32", pre, llama_src], check=True, capture_output=True, timeout=900)
     model = AutoModelForCausalLM.from_pretrained(src_dir, dtype=torch.float32)
     ours = hfq.export_gguf(model, AutoTokenizer.from_pretrained(src_dir), tmp_path / "hfq.gguf", quant_type="F32",
                            progress=False)[0]
@@ -54,11 +49,11 @@ def _compare(src_dir, tmp_path, pre=""):
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "gemma3"])
-def test_tiny_models_match_the_converter(arch, export_dir, tmp_path):
-    _compare(export_dir(arch), tmp_path, PRE.get(arch, ""))
+def test_tiny_models_match_the_converter(arch, export_dir, tmp_path, llama_cpp_src):
+    _compare(export_dir(arch), tmp_path, llama_cpp_src, PRE.get(arch, ""))
 
 
 @pytest.mark.slow
-def test_gemma_3_270m_matches_the_converter(gemma_dir, tmp_path):
-    fields = _compare(gemma_dir, tmp_path)       # the real tokenizer: no fallback name needed
+def test_gemma_3_270m_matches_the_converter(gemma_dir, tmp_path, llama_cpp_src):
+    fields = _compare(gemma_dir, tmp_path, llama_cpp_src)       # the real tokenizer: no fallback name needed
     assert len(fields["tokenizer.ggml.tokens"][1]) == 262144

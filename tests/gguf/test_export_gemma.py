@@ -7,8 +7,8 @@ import torch
 
 import hfq
 from ggml_oracle import llama_quantize, llama_tokenize, read_gguf
-from helpers import PREFILL_LOGIT_TOL, assert_logits_close, PARAGRAPH
-from hfq.evaluation import chunks, evaluate, pydoc_halves
+from helpers import PARAGRAPH, PREFILL_LOGIT_TOL, assert_logits_close
+from hfq.evaluation import chunks, score, pydoc_halves
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_export_equals_llama_cpp_conversion_and_runs_like_it(qt, gemma, tmp_path
         assert ours[n][0] == theirs[n][0], n
         np.testing.assert_array_equal(ours[n][1], theirs[n][1], err_msg=n)
     windows = chunks(gemma["tok"], pydoc_halves()[1], 256)[:2]
-    r = evaluate(gemma["files"][qt], windows, base=theirs_path, threads=2)
+    r = score(gemma["files"][qt], windows, base=theirs_path, threads=2)
     assert r["top1"] >= 0.999 and r["kl"] <= 1e-4, r
     from_hfq = hfq.export_gguf(_hfq_model(gemma["dir"], qt), gemma["tok"], tmp_path / "hfq-model.gguf",
                                progress=False)[0]
@@ -90,5 +90,5 @@ def test_transformers_loads_export_and_llama_cpp_stays_within_engine_bounds(gemm
         a, b = model(ids).logits, loaded(ids).logits                   # prefill: bfloat16 tiles
     assert_logits_close(a, b, PREFILL_LOGIT_TOL)
     windows = chunks(gemma["tok"], pydoc_halves()[1], 512)[:2]
-    r = evaluate(path, windows, base=model, threads=2)
+    r = score(path, windows, base=model, threads=2)
     assert r["kl"] <= 0.025 and r["top1"] >= 0.9, r

@@ -10,6 +10,8 @@ from hfq.nn import HfqLinear
 
 from helpers import PARAGRAPH
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def float_run(gemma_dir):
@@ -20,31 +22,40 @@ def float_run(gemma_dir):
         return ids, ref(ids).logits[0]
 
 
-AGREEMENT = {}
+@pytest.fixture(scope="module")
+def mix_run(gemma_dir, float_run):
+    """mix_run(quant_type) -> (HfqLinear GGML types, top-1 agreement with float); each type is loaded once per
+    module, by whichever test asks first, so every test also runs alone or under -k."""
+    done = {}
+
+    def run(quant_type):
+        if quant_type not in done:
+            ids, lf = float_run
+            q = AutoModelForCausalLM.from_pretrained(gemma_dir, quantization_config=hfq.HfqConfig(
+                method="gguf", quant_type=quant_type))
+            layers = [m for m in q.modules() if isinstance(m, HfqLinear)]
+            with torch.no_grad():
+                lq = q(ids).logits[0]
+            agree = (lq.argmax(-1) == lf.argmax(-1)).float().mean().item()
+            print(f"gguf {quant_type}: top-1 agreement with float on {ids.shape[1]} tokens {agree:.3f}")
+            done[quant_type] = ([m.ggml_type for m in layers], agree)
+            del q
+        return done[quant_type]
+    return run
 
 
 # Q4_K_M requantizes the source's own Q4_K_M weights, so it agrees (near) perfectly by construction and is
 # not a quality result; Q3_K_M and Q2_K are.
 @pytest.mark.parametrize("quant_type, low, high", [("Q4_K_M", 0.95, 1.0), ("Q3_K_M", 0.6, 0.99), ("Q2_K", 0.35, 0.95)])
-def test_gemma_mix_loads_and_agrees_with_float(gemma_dir, float_run, quant_type, low, high):
-    ids, lf = float_run
-    q = AutoModelForCausalLM.from_pretrained(gemma_dir, quantization_config=hfq.HfqConfig(
-        method="gguf", quant_type=quant_type))
-    layers = [m for m in q.modules() if isinstance(m, HfqLinear)]
-    assert len(layers) == 18 * 7
-    types = {m.ggml_type for m in layers}
+def test_gemma_mix_loads_and_agrees_with_float(mix_run, quant_type, low, high):
+    types, agree = mix_run(quant_type)
+    assert len(types) == 18 * 7
     # rows of 640 take llama.cpp's fallbacks; rows of 1024/2048 keep the k-quant
     assert {"Q4_K_M": {"Q4_K", "Q5_0", "Q6_K", "Q8_0"}, "Q3_K_M": {"Q3_K", "Q4_0", "Q4_K", "Q5_0", "Q5_1", "Q5_K"},
-            "Q2_K": {"Q3_K", "Q4_0", "Q4_K", "Q5_0"}}[quant_type] >= types
-    with torch.no_grad():
-        lq = q(ids).logits[0]
-    agree = (lq.argmax(-1) == lf.argmax(-1)).float().mean().item()
-    AGREEMENT[quant_type] = agree
-    print(f"gguf {quant_type}: top-1 agreement with float on {ids.shape[1]} tokens {agree:.3f}")
+            "Q2_K": {"Q3_K", "Q4_0", "Q4_K", "Q5_0"}}[quant_type] >= set(types)
     assert low <= agree <= high
 
 
-def test_more_bits_agree_more():
-    if len(AGREEMENT) < 3:
-        pytest.skip("needs the three parametrized runs above in the same session")
-    assert AGREEMENT["Q4_K_M"] >= AGREEMENT["Q3_K_M"] >= AGREEMENT["Q2_K"] - 0.02, AGREEMENT
+def test_more_bits_agree_more(mix_run):
+    agreement = {qt: mix_run(qt)[1] for qt in ("Q4_K_M", "Q3_K_M", "Q2_K")}
+    assert agreement["Q4_K_M"] >= agreement["Q3_K_M"] >= agreement["Q2_K"] - 0.02, agreement

@@ -1,13 +1,11 @@
-"""Opt-in: hfq's importance equals llama-imatrix's on the same token windows of Gemma-3-270M.
+"""hfq's importance equals llama-imatrix's on the same token windows of Gemma-3-270M.
 
-Needs the llama-imatrix binary (HFQ_LLAMA_IMATRIX, built from the llama-cpp-python sdist; see README) and
-writes a 1 GB F32 GGUF of the embedded model once (under $TMPDIR/hfq-bench).
+llama-imatrix comes from the llama-cpp-python sdist (.ci/llama_tools.sh; HFQ_LLAMA_IMATRIX). The test reads the 1 GB
+F32 GGUF of the embedded model (the gemma_f32_gguf fixture).
 """
 
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import gguf
@@ -17,24 +15,22 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hfq.algorithms.calibration import collect_importance, token_windows
-from hfq.gguf.mixes import gguf_name
+from hfq.gguf.names import gguf_name
 
-BIN = os.environ.get("HFQ_LLAMA_IMATRIX")
-pytestmark = pytest.mark.skipif(not (BIN and Path(BIN).exists()),
-                                reason="opt-in: set HFQ_LLAMA_IMATRIX to a llama-imatrix binary")
+pytestmark = pytest.mark.slow
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 
 
-def test_importance_matches_llama_imatrix(gemma_dir, tmp_path):
-    from _gemma_gguf import f32_gguf, texts
+def test_importance_matches_llama_imatrix(gemma_dir, gemma_f32_gguf, tmp_path, llama_imatrix_bin):
+    from _gemma_gguf import texts
     from ggml_oracle import llama_tokenize
 
-    src = f32_gguf(Path(tempfile.gettempdir()) / "hfq-bench" / "gemma-3-270m-f32.gguf")
+    src = gemma_f32_gguf
     text = texts()[0][:20000]
     (tmp_path / "calib.txt").write_text(text)
     ctx, chunks = 256, 3
     out = tmp_path / "imatrix.gguf"
-    subprocess.run([BIN, "-m", str(src), "-f", str(tmp_path / "calib.txt"), "-o", str(out), "-c", str(ctx),
+    subprocess.run([llama_imatrix_bin, "-m", str(src), "-f", str(tmp_path / "calib.txt"), "-o", str(out), "-c", str(ctx),
                     "--chunks", str(chunks), "-t", "2", "--no-repack", "-b", str(ctx), "-ub", str(ctx)],
                    check=True, capture_output=True)
     ref = {t.name: np.array(t.data, dtype=np.float64).reshape(-1) for t in gguf.GGUFReader(str(out)).tensors}
@@ -49,7 +45,7 @@ def test_importance_matches_llama_imatrix(gemma_dir, tmp_path):
     # float tolerance, not bit for bit. Measured: median relative difference about 1e-4, worst element 0.2%.
     rels = []
     for name, vec in imp.items():
-        g = gguf_name(name, tied=True)
+        g = gguf_name(name, "gemma3_text", 18, tied=True)
         if g is None or not g.startswith("blk."):
             continue
         want = ref[g + ".in_sum2"] / ref[g + ".counts"][0]

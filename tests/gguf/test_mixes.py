@@ -7,6 +7,7 @@ from ggml_oracle import llama_quantize, llama_tensors, write_f32_gguf
 
 from hfq.formats.ggml_types import FILE_TYPES
 from hfq.gguf import mixes
+from hfq.gguf.names import gguf_name
 
 # (layers, embd, ff, heads, kv heads, tied): 16 layers exercise use_more_bits and the n/8, n/16 rules; ff=384
 # sends ffn_down (rows of 384) to the shape fallback; gqa 4 vs 2 switches Q2_K's attn_v rule.
@@ -68,7 +69,7 @@ def test_every_linear_of_supported_archs_has_a_gguf_role(arch):
     model = _tiny(arch)
     shape = mixes.model_shape(model.config)
     names = {n: m.in_features for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    mapped = {n: mixes.gguf_name(n, shape.tied_embeddings) for n in names}
+    mapped = {n: gguf_name(n, shape.arch, shape.n_layer, shape.tied_embeddings) for n in names}
     assert all(mapped.values()), mapped
     assert mapped["model.layers.1.self_attn.v_proj"] == "blk.1.attn_v.weight"
     assert mapped["model.layers.0.mlp.down_proj"] == "blk.0.ffn_down.weight"

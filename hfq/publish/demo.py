@@ -11,7 +11,7 @@ from pathlib import Path
 from . import variants as registry
 from .cards import markdown_table
 from .chart import quality_vs_size
-from .publish import EMBEDDED_NOTE, base_card_info, prepare
+from .push import EMBEDDED_NOTE, base_card_info, prepare
 
 MODEL = "gemma-3-270m"
 QUICK_VARIANTS = ("nf4-dq", "Q8_0")

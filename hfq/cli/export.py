@@ -1,14 +1,15 @@
-"""`hfq export-gguf`: any model hfq can load (float, or an hfq checkpoint) to a GGUF file llama.cpp runs."""
+"""`hfq export-gguf` and `hfq export`: any model hfq can load (float, or an hfq checkpoint) to a GGUF file llama.cpp
+runs; an hfq integer checkpoint to a standard GPTQ or AWQ checkpoint."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from .config import GGUF_QUANT_TYPES
+from ..config import GGUF_QUANT_TYPES
 
 
-def add_parser(sub) -> None:
+def add_parsers(sub) -> None:
     x = sub.add_parser("export-gguf", help="write a model as a GGUF file for llama.cpp")
     x.add_argument("model", help="float or hfq folder, Hub id, or an embedded model name (gemma-3-270m)")
     x.add_argument("--type", dest="quant_type",
@@ -20,16 +21,24 @@ def add_parser(sub) -> None:
     x.add_argument("--split-max-size", help="split into gguf-split shards of at most this size (e.g. 2G)")
     x.add_argument("--out", required=True, help="output .gguf (written under a temporary name, then renamed)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    x.set_defaults(handler=_cmd_export_gguf)
+
+    x = sub.add_parser("export", help="write an hfq int checkpoint as a standard GPTQ or AWQ checkpoint")
+    x.add_argument("model", help="hfq checkpoint folder with integer-grid layers (rtn, gptq, awq)")
+    x.add_argument("--format", required=True, choices=["gptq", "awq"], help="gptq: GPTQ v1; awq: AutoAWQ GEMM")
+    x.add_argument("--out", required=True, help="output folder (written atomically)")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out")
+    x.set_defaults(handler=_cmd_export)
 
 
-def run(args) -> int:
+def _cmd_export_gguf(args) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .algorithms.calibration import collect_importance, token_windows
-    from .checkpoint import describe
-    from .gguf.export import export_gguf
-    from .models import resolve
+    from ..algorithms.calibration import collect_importance, token_windows
+    from ..checkpoint import describe
+    from ..embedded import resolve
+    from ..gguf.export import export_gguf
 
     out = Path(args.out)
     if out.suffix != ".gguf":
@@ -55,4 +64,23 @@ def run(args) -> int:
                         split_max_size=args.split_max_size, name=Path(str(args.model).rstrip("/")).name)
     size = sum(f.stat().st_size for f in files)
     print(f"saved {', '.join(str(f) for f in files)}: {size / 1e6:.1f} MB")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from transformers import AutoModelForCausalLM
+
+    from ..embedded import resolve
+    from ..standard import save_standard
+
+    src = resolve(args.model)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise ValueError(f"--out {out} exists and is not empty; pass --overwrite or choose another folder.")
+    model = AutoModelForCausalLM.from_pretrained(src, dtype="auto")
+    if getattr(model.config, "quantization_config", None) is None:
+        raise ValueError(f"{args.model} is not an hfq checkpoint (no quantization_config); run `hfq quantize "
+                         "--method rtn` first.")
+    save_standard(model, out, args.format, source_dir=src, overwrite=args.overwrite)
+    print(f"saved {out}: {args.format.upper()} checkpoint")
     return 0

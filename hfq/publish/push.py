@@ -12,22 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import platform
-import resource
 import shlex
-import shutil
-import tempfile
 from pathlib import Path
 
-import torch
-
+from ..atomic import atomic_dir, write_json, write_text
+from ..checkpoint import canonicalize_metadata, describe, describe_gguf
+from ..embedded import resolve
+from ..evaluation import chunks as token_chunks, default_text, load as _load, machine, measure, pydoc_halves, size
 from . import variants as registry
 from .cards import make_card, make_gguf_card
-from .checkpoint import canonicalize_metadata, describe, describe_gguf
-from .evaluation import chunks as token_chunks, decode_speed, default_text, evaluate as _evaluate, pydoc_halves
 from .hub import PushError, upload_folder
-from .models import resolve
 
 logger = logging.getLogger(__name__)
 
@@ -37,64 +31,6 @@ EVAL_FILE = "hfq_eval.json"
 EMBEDDED_NOTE = ("the embedded base's float weights are the dequantized values of a Q4_K_M GGUF, so a Q4_K variant of "
                  "it (Q4_K_M, Q4_K_S, gguf-q4_k_m) puts most weights back on their own grid: near-lossless by "
                  "construction, not evidence of quality.")
-
-
-def _load(model, quantization_config=None):
-    from transformers import AutoModelForCausalLM
-
-    kw = {"quantization_config": quantization_config} if quantization_config is not None else {}
-    return AutoModelForCausalLM.from_pretrained(resolve(str(model)), dtype=torch.float32, **kw).eval()
-
-
-def size(path: str | Path) -> dict:
-    """Bytes on disk and bits per weight, overall and per module type (q_proj, mlp's down_proj, ...)."""
-    path = Path(resolve(str(path)))
-    if path.suffix == ".gguf":
-        d = describe_gguf(path)
-        return {"bytes": d["bytes_on_disk"], "bpw": d["model_bpw"], "parameters": d["parameters"],
-                "modules": d["modules"], "types": d["types"]}
-    d = describe(path)
-    return {"bytes": d["bytes_on_disk"], "bpw": d["model_bpw"], "quantized_bpw": d["quantized_bpw"],
-            "parameters": d["parameters"], "modules": d["modules"], "types": d["types"]}
-
-
-def _machine() -> str:
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
-def _measure(model, base, tokenizer, windows, threads=None, progress=True, decode_tokens: int = 32) -> dict:
-    out = _evaluate(model, windows, base, threads=threads, progress=progress)
-    if hasattr(model, "generate") and decode_tokens:
-        out["decode_tokens_per_s"] = decode_speed(model, tokenizer, new_tokens=decode_tokens)
-    out["machine"] = _machine()
-    return out
-
-
-def evaluate(model, base=None, *, text: str | None = None, ctx: int = 512, chunks: int | None = 4,
-             threads: int | None = None, progress: bool = True) -> dict:
-    """hfq.evaluate: perplexity, KL and top-1 against `base`, speed, and size, as one JSON-ready dict.
-
-    model: a folder, Hub id, embedded name ("gemma-3-270m") or .gguf file; base: the same kinds (needed for a
-    GGUF file, whose tokenizer it provides). text: evaluation text (default: held-out CPython docs, see README).
-    chunks: how many ctx-token chunks (None: the whole text)."""
-    is_gguf = str(model).endswith(".gguf")
-    if base is None and is_gguf:
-        raise ValueError("a .gguf file needs --base / base= (the folder or embedded name whose tokenizer and logits "
-                         "to use).")
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(resolve(str(base if base is not None else model)))
-    source = "the given text"
-    if text is None:
-        text, source = default_text()
-    windows = token_chunks(tok, text, ctx, chunks)
-    m = str(model) if is_gguf else _load(model)
-    b = _load(base) if base is not None else None
-    result = {"model": str(model), "base": None if base is None else str(base), "text": source,
-              **_measure(m, b, tok, windows, threads, progress)}
-    result["size"] = size(model)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return result
 
 
 def quantize_command(base: str, settings: dict, out: str) -> str:
@@ -125,7 +61,7 @@ def quantize_command(base: str, settings: dict, out: str) -> str:
 
 def base_card_info(base: str) -> tuple[str | None, str | None, str]:
     """(Hub id for the card's base_model or None, the base card's license, a display name)."""
-    marker = Path(base) / "hfq-embedded.json"   # the float folder hfq.models built for an embedded name
+    marker = Path(base) / "hfq-embedded.json"   # the float folder hfq.embedded built for an embedded name
     if marker.exists() and Path(base).name in EMBEDDED_BASE:
         base = Path(base).name
     if base in EMBEDDED_BASE:
@@ -177,9 +113,7 @@ def _read_json(path: Path):
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_json(path, data, indent=2, sort_keys=True)
 
 
 def prepare(base: str, variant_names, out: str | Path, *, repo: str | None = None, text: str | None = None,
@@ -210,7 +144,7 @@ def prepare(base: str, variant_names, out: str | Path, *, repo: str | None = Non
     if not base_result or base_result.get("fingerprint") != _fingerprint(**key):
         base_model = _load(src)
         base_result = {"model": str(base), "text": source, "fingerprint": _fingerprint(**key),
-                       **_measure(base_model, None, tok, windows, progress=progress, decode_tokens=decode_tokens),
+                       **measure(base_model, None, tok, windows, progress=progress, decode_tokens=decode_tokens),
                        "size": size(src)}
         _write_json(base_json, base_result)
     records = []
@@ -250,9 +184,7 @@ def prepare(base: str, variant_names, out: str | Path, *, repo: str | None = Non
                                        command="\n".join(lines), base_model=base_id, base_name=base_name,
                                        license=lic, repo_id=mine[0]["repo_id"], rows=rows, note=note)
     for folder, card in cards.items():
-        tmp = Path(folder) / ".README.md.tmp"
-        tmp.write_text(str(card), encoding="utf-8")
-        os.replace(tmp, Path(folder) / "README.md")
+        write_text(Path(folder) / "README.md", str(card))
     _write_json(out / "results.json", {"base": base_result, "variants": records})
     return records
 
@@ -268,28 +200,21 @@ def _make_variant(v, src, tok, base_model, windows, folder: Path, source: str, f
                   calibration: tuple[str, str], decode_tokens: int, base_name: str, gguf_file=None) -> dict:
     logger.info("hfq: making %s", v.name)
     model = _load(src, v.config(calibration[0] if v.calibrated else None))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp)
         canonicalize_metadata(tmp)
         tok.save_pretrained(tmp)
         result = {"model": v.name, "variant": v.name, "text": source, "fingerprint": fp,
-                  **_measure(model, base_model, tok, windows, progress=progress, decode_tokens=decode_tokens),
+                  **measure(model, base_model, tok, windows, progress=progress, decode_tokens=decode_tokens),
                   "size": size(tmp)}
         _write_json(tmp / EVAL_FILE, result)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 
 def _make_gguf(v, src, tok, base_model, windows, folder: Path, source: str, fp: str, progress,
                calibration: tuple[str, str], decode_tokens: int, base_name: str, gguf_file: Path) -> dict:
     """Export the float base to one GGUF file type (as `hfq export-gguf` does) and evaluate it in llama.cpp."""
-    from .gguf.export import export_gguf
+    from ..gguf.export import export_gguf
 
     logger.info("hfq: making %s", gguf_file.name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -297,14 +222,14 @@ def _make_gguf(v, src, tok, base_model, windows, folder: Path, source: str, fp: 
         gguf_file.unlink()
     export_gguf(base_model, tok, gguf_file, quant_type=v.settings["quant_type"],
                 name=Path(base_name.rstrip("/")).name, progress=progress)
-    result = {"model": v.name, "variant": v.name, "text": source, "fingerprint": fp, "machine": _machine()}
+    result = {"model": v.name, "variant": v.name, "text": source, "fingerprint": fp, "machine": machine()}
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
         logger.warning("hfq: llama-cpp-python is not installed, so %s is not evaluated (size only); "
                        "`pip install llama-cpp-python` to score GGUF files.", gguf_file.name)
     else:
-        result.update(_measure(str(gguf_file), base_model, tok, windows, progress=progress, decode_tokens=0))
+        result.update(measure(str(gguf_file), base_model, tok, windows, progress=progress, decode_tokens=0))
     result["size"] = size(gguf_file)
     stored = _read_json(folder / EVAL_FILE) or {}
     _write_json(folder / EVAL_FILE, {**stored, v.name: result})
@@ -348,4 +273,4 @@ def default_calibration() -> tuple[str, str]:
     return pydoc_halves()[0], "CPython pydoc_data.topics, first half of the topics (Python Software Foundation License)"
 
 
-__all__ = ["evaluate", "push_variants", "prepare", "size", "quantize_command", "default_calibration"]
+__all__ = ["push_variants", "prepare", "quantize_command", "default_calibration"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import GGUF_QUANT_TYPES, HfqConfig
+from ..config import GGUF_QUANT_TYPES, HfqConfig
 
 # Marks a setting that takes the calibration text (push/demo fill it in; the card describes it).
 CALIBRATION = object()

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from ._resources import resource_dir
-from ._version import __version__
-from .checkpoint import describe
+from .._resources import resource_dir
+from .._version import __version__
+from ..checkpoint import describe
 from .hub import sha256_file
 
 # Decimal places of each number in the card's table.

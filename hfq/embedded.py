@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from .atomic import atomic_dir, atomic_file, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +45,8 @@ def gguf_path(name: str = "gemma-3-270m") -> Path:
     pkg = _embedded_package(name)
     target = cache_dir() / "gguf" / pkg.MODEL_NAME
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        try:
+        with atomic_file(target) as tmp:
             pkg.assemble(tmp, overwrite=True)  # verifies the sha256
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
     return target
 
 
@@ -75,20 +70,12 @@ def local_model(name: str = "gemma-3-270m") -> Path:
     )
     # Gemma-3 ends chat turns with <end_of_turn> (106); the GGUF only names <eos> (1).
     model.generation_config.eos_token_id = [1, 106]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out.parent))
-    try:
+    # another process that finished first keeps its folder; a stale one without a valid marker is replaced
+    with atomic_dir(out, keep_existing=lambda: _is_built(marker, pkg.EXPECTED_SHA256)) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         _clear_offline_flag(tmp / "tokenizer_config.json")
         (tmp / _MARKER).write_text(json.dumps({"source": pkg.MODEL_NAME, "gguf_sha256": pkg.EXPECTED_SHA256}))
-        if _is_built(marker, pkg.EXPECTED_SHA256):  # another process finished first: keep its folder
-            return out
-        if out.exists():
-            shutil.rmtree(out)  # a stale or incomplete folder without a valid marker
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -103,7 +90,7 @@ def _clear_offline_flag(path: Path) -> None:
         cfg = json.loads(path.read_text())
         if cfg.get("local_files_only"):
             cfg["local_files_only"] = False
-            path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
+            write_text(path, json.dumps(cfg, indent=2, ensure_ascii=False))
 
 
 def resolve(model: str) -> str:

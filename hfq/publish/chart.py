@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from ..atomic import atomic_file
 
 
 def quality_vs_size(rows: list[tuple[str, dict]], path: str | Path, title: str = "") -> Path:
@@ -36,11 +37,9 @@ def quality_vs_size(rows: list[tuple[str, dict]], path: str | Path, title: str =
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
