@@ -71,7 +71,7 @@ def formats(w: torch.Tensor) -> dict:
                                                           for _ in range(n)])
 
     for bits, g, sym in [(4, 128, True), (4, 128, False), (4, 32, True), (8, 128, True), (3, 128, True), (2, 64, False)]:
-        t = quantize_layer_weight(w, "rtn", bits, g, sym, False)
+        t = quantize_layer_weight(w, "int", bits, g, sym, False)
         add(f"int{bits} g{g}{'' if sym else ' asym'}", t,
             lambda x, tt, b=bits: ops.linear_int(x, tt["weight"], tt["scales"], tt.get("zeros"), b, None))
     for qt in ("nf4", "fp4"):
@@ -89,7 +89,7 @@ def baselines(w: torch.Tensor) -> dict:
     out = {"torch fp32": (N * K * 4, lambda n: [(lambda x, ww=w.clone(): F.linear(x, ww)) for _ in range(n)]),
            "torch bf16": (N * K * 2, lambda n: [(lambda x, ww=w.bfloat16(): F.linear(x.bfloat16(), ww))
                                                 for _ in range(n)])}
-    t = quantize_layer_weight(w, "rtn", 4, 128, True, False)
+    t = quantize_layer_weight(w, "int", 4, 128, True, False)
     q = torch.ops.hfq.dequantize_int(t["weight"], t["scales"], None, 4, torch.float32)   # the same int4 values
     scale = t["scales"].float()
     codes = torch.round(q / scale.repeat_interleave(128, 1)).to(torch.int32) + 8
@@ -135,7 +135,7 @@ def gemv(rows: dict, K: int, rounds: int, stream_bytes: int, group: int = 6) -> 
 def prefill(w: torch.Tensor, M: int, rounds: int) -> dict:
     N, K = w.shape
     q = quantize_rows(w, "Q4_K", None)
-    t = quantize_layer_weight(w, "rtn", 4, 128, True, False)
+    t = quantize_layer_weight(w, "int", 4, 128, True, False)
     nf = quantize_layer_weight(w, "nf4", 4, 64, True, False)
     cb = codebook("nf4")
     out = {}

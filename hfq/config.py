@@ -15,8 +15,8 @@ FORMAT_VERSION = 1
 METHODS = ("rtn", "nf4", "fp4", "gguf", "gptq", "awq")
 CALIBRATED = ("gptq", "awq")
 GRIDS = ("int", "nf4", "fp4", "gguf")
-# The layout (hfq.formats.layouts) each grid's layers are stored in; integer layers use the "rtn" layout.
-GRID_LAYOUT = {"int": "rtn", "nf4": "nf4", "fp4": "fp4", "gguf": "gguf"}
+# The layout (hfq.formats.layouts) each grid's layers are stored in: int (codes, scales, zeros), nf4, fp4, gguf.
+GRID_LAYOUT = {"int": "int", "nf4": "nf4", "fp4": "fp4", "gguf": "gguf"}
 CODEBOOK_METHODS = ("nf4", "fp4")
 RTN_BITS = (2, 3, 4, 5, 6, 7, 8)
 RTN_GROUP_SIZES = (-1, 16, 32, 64, 128, 256, 512, 1024)
@@ -272,8 +272,10 @@ class HfqConfig(QuantizationConfigMixin):
 
     @property
     def layout(self) -> str:
-        """The layout the layers are stored in (HfqLinear.method): rtn (integers), nf4, fp4 or gguf."""
-        return GRID_LAYOUT[self.grid] if self.method in CALIBRATED else self.method
+        """The layout the layers are stored in (HfqLinear.layout): int, nf4, fp4 or gguf."""
+        if self.method in CALIBRATED:
+            return GRID_LAYOUT[self.grid]
+        return "int" if self.method == "rtn" else self.method
 
     @property
     def act_order(self) -> bool:

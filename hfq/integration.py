@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def layer_kwargs(config: HfqConfig) -> dict:
-    kw = dict(method=config.layout, bits=config.bits, group_size=config.group_size,
+    kw = dict(layout=config.layout, bits=config.bits, group_size=config.group_size,
               sym=bool(config.sym), double_quant=bool(config.double_quant))
     if config.act_order:
         kw["act_order"] = True
@@ -86,10 +86,10 @@ class HfqQuantize(ConversionOps):
                 value = value[0]
             module, tensor_name = get_module_from_name(model, key)
             prefix = key[: -len(tensor_name)]
-            if module.method == "gguf":
+            if module.layout == "gguf":
                 tensors = {"weight": quantize_rows(value, module.ggml_type, getattr(module, "importance", None))}
             else:
-                tensors = quantize_layer_weight(value, module.method, module.bits, module.group_size,
+                tensors = quantize_layer_weight(value, module.layout, module.bits, module.group_size,
                                                 module.sym, module.double_quant)
             result.update({prefix + n: t for n, t in tensors.items()})
             module._is_hf_initialized = True

@@ -29,8 +29,8 @@ def _fail(name: str, problem: str, fix: str) -> ValueError:
 def _int_layer(name: str, m: HfqLinear, fmt: str) -> dict:
     """The integer-grid meaning of one layer: codes [out, in], zeros [out, G], scales [out, G], g_idx [in]."""
     requant = "requantize with method='rtn' (or gptq/awq), or list it in modules_to_not_convert"
-    if getattr(m, "scales", None) is None or m.method in ("nf4", "fp4", "gguf"):
-        raise _fail(name, f"method={m.method!r} has no {fmt.upper()} equivalent (only integer grids with scales and "
+    if getattr(m, "scales", None) is None or m.layout in ("nf4", "fp4", "gguf"):
+        raise _fail(name, f"layout={m.layout!r} has no {fmt.upper()} equivalent (only integer grids with scales and "
                           "zero points do)", requant)
     out_f, in_f, bits = m.out_features, m.in_features, m.bits
     g = in_f if m.group_size == -1 else m.group_size

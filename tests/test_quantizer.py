@@ -48,7 +48,7 @@ def test_quantize_save_reload_identical(tiny_model_dir, tmp_path, name):
     # each layer holds exactly the bytes the algorithm makes from the float weight
     ref = _float_reference(tiny_model_dir)
     layer = model.model.layers[1].mlp.down_proj
-    want = hfq.algorithms.quantize_layer_weight(ref.model.layers[1].mlp.down_proj.weight, layer.method, layer.bits,
+    want = hfq.algorithms.quantize_layer_weight(ref.model.layers[1].mlp.down_proj.weight, layer.layout, layer.bits,
                                                 layer.group_size, layer.sym, layer.double_quant)
     for k, v in want.items():
         assert torch.equal(getattr(layer, k), v), k
@@ -143,7 +143,7 @@ def test_device_map_auto_and_bfloat16(tiny_gemma3_dir, tmp_path):
 def test_dict_config_and_saved_config_wins(tiny_llama_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config={"quant_method": "hfq",
                                                                                      "method": "fp4"})
-    assert model.model.layers[0].mlp.up_proj.method == "fp4"
+    assert model.model.layers[0].mlp.up_proj.layout == "fp4"
     model.save_pretrained(tmp_path)
     again = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert again.config.quantization_config.method == "fp4"

@@ -69,7 +69,7 @@ def test_gptq_into_ggml_blocks_saves_and_reloads(llama256_dir, tmp_path):
     q = AutoModelForCausalLM.from_pretrained(llama256_dir, quantization_config=cfg)
     types = q.config.quantization_config.tensor_types
     assert types["model.layers.0.self_attn.q_proj"] == "Q4_K" and types["model.layers.1.mlp.down_proj"] == "Q6_K"
-    assert all(m.method == "gguf" for m in q.modules() if isinstance(m, HfqLinear))
+    assert all(m.layout == "gguf" for m in q.modules() if isinstance(m, HfqLinear))
     x = torch.randint(0, 512, (1, 16))
     with torch.no_grad():
         a = q(x).logits

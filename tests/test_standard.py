@@ -219,7 +219,7 @@ def test_float_module_in_every_block_is_written_as_unquantized(tiny_llama_dir, t
 # ---- what cannot be expressed, and atomic output ----
 
 @pytest.mark.parametrize("fmt,kw,match", [
-    ("gptq", {"method": "nf4", "group_size": 64, "sym": None}, r"layer 'model.layers.0.self_attn.q_proj': method='nf4' has no GPTQ"),
+    ("gptq", {"method": "nf4", "group_size": 64, "sym": None}, r"layer 'model.layers.0.self_attn.q_proj': layout='nf4' has no GPTQ"),
     ("gptq", {"bits": 5}, r"bits=5 has no GPTQ layout .* requantize with bits 2, 3, 4 or 8"),
     ("awq", {"bits": 3}, r"bits=3: AWQ GEMM checkpoints are 4-bit only; use format='gptq'"),
     ("awq", {"group_size": -1}, r"group_size=-1 \(per channel\): AWQ GEMM needs groups"),

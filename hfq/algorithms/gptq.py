@@ -104,7 +104,7 @@ def _gptq(W: torch.Tensor, H: torch.Tensor, grid, damp: float, desc_act: bool, s
     if desc_act and s > 1:
         raise ValueError("desc_act=True cannot reorder GGML blocks (a block is 32 or 256 contiguous columns); "
                          "use desc_act=False with quant_type.")
-    if desc_act and gs is not None and not static_groups and grid.layout != "rtn":
+    if desc_act and gs is not None and not static_groups and grid.layout != "int":
         raise ValueError(f"desc_act=True with {grid.layout} needs static_groups=True (its layout has no g_idx).")
     dead = torch.diag(H) == 0
     H[dead, dead] = 1

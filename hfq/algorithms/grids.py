@@ -22,7 +22,7 @@ from .rtn import double_quantize, int_grid_params, nearest_code, quantize_layer_
 class IntGrid:
     """b-bit integers, scale and zero per group of `group_size` columns (-1: one group per row)."""
 
-    layout = "rtn"
+    layout = "int"
     step = 1
 
     def __init__(self, bits: int, group_size: int, sym: bool, act_order: bool = False):
@@ -66,7 +66,7 @@ class IntGrid:
         return (scale * (torch.clamp(torch.round(wg / scale) + zero, 0, self.maxq) - zero)).reshape(out_f, in_f)
 
     def rtn(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
-        t = quantize_layer_weight(w, "rtn", self.bits, self.group_size, self.sym, False)
+        t = quantize_layer_weight(w, "int", self.bits, self.group_size, self.sym, False)
         if self.act_order:
             t["g_idx"] = (torch.arange(w.shape[1], device=w.device) // self.group(w.shape[1])).to(torch.int32)
         return t
@@ -180,11 +180,11 @@ def decode(grid, tensors: dict[str, torch.Tensor], out_features: int, in_feature
 
 def make_grid(layout: str, bits: int | None = None, group_size: int | None = None, sym: bool = True,
               double_quant: bool = False, ggml: str | None = None, act_order: bool = False):
-    """The grid for an hfq layer layout ('rtn' int, 'nf4', 'fp4', 'gguf' with a GGML type)."""
-    if layout == "rtn":
+    """The grid for an hfq layer layout ('int', 'nf4', 'fp4', 'gguf' with a GGML type)."""
+    if layout == "int":
         return IntGrid(bits, group_size, sym, act_order)
     if layout in ("nf4", "fp4"):
         return CodebookGrid(layout, group_size, double_quant)
     if layout == "gguf":
         return GGMLGrid(ggml)
-    raise ValueError(f"no calibrated grid for layout {layout!r}; allowed: 'rtn', 'nf4', 'fp4', 'gguf'.")
+    raise ValueError(f"no calibrated grid for layout {layout!r}; allowed: 'int', 'nf4', 'fp4', 'gguf'.")

@@ -100,7 +100,7 @@ def quantize_codebook4(w: torch.Tensor, name: str, blocksize: int, double_quant:
     return tensors
 
 
-def quantize_layer_weight(w: torch.Tensor, method: str, bits: int, group_size: int, sym: bool,
+def quantize_layer_weight(w: torch.Tensor, layout: str, bits: int, group_size: int, sym: bool,
                           double_quant: bool) -> dict[str, torch.Tensor]:
     """Quantize one float weight [out, in] into the named tensors of hfq.formats.layouts."""
     if w.dim() != 2 or not w.is_floating_point():
@@ -108,13 +108,13 @@ def quantize_layer_weight(w: torch.Tensor, method: str, bits: int, group_size: i
     if not torch.isfinite(w).all():
         raise ValueError("the weight holds NaN or inf values; hfq will not quantize a corrupt tensor")
     out_f, in_f = w.shape
-    check_shape(method, out_f, in_f, bits, group_size)
-    if method == "rtn":
+    check_shape(layout, out_f, in_f, bits, group_size)
+    if layout == "int":
         codes, scales, zeros = quantize_int(w, bits, group_size, sym)
         tensors = {"weight": pack_bits(codes, bits), "scales": scales}
         if zeros is not None:
             tensors["zeros"] = zeros
         return tensors
-    if method in ("nf4", "fp4"):
-        return quantize_codebook4(w, method, group_size, double_quant)
-    raise ValueError(f"method={method!r} has no round-to-nearest quantizer; allowed: 'rtn', 'nf4', 'fp4'")
+    if layout in ("nf4", "fp4"):
+        return quantize_codebook4(w, layout, group_size, double_quant)
+    raise ValueError(f"layout={layout!r} has no round-to-nearest quantizer; allowed: 'int', 'nf4', 'fp4'")

@@ -1,6 +1,6 @@
 """Which named tensors an hfq layer stores, with shapes and dtypes. This is the on-disk contract.
 
-rtn (bits b, group g, G = in/g groups per row):
+int (bits b, group g, G = in/g groups per row; what RTN, GPTQ and AWQ write):
   weight  uint8   [out, G, g*b/8]   codes q in [0, 2**b-1], little-endian bitstream per group
   scales  float16 [out, G]
   zeros   uint8   [out, G]          asymmetric only; symmetric uses zero = 2**(b-1)
@@ -46,17 +46,17 @@ def n_groups(in_features: int, group_size: int) -> int:
     return 1 if group_size == -1 else in_features // group_size
 
 
-def check_shape(method: str, out_features: int, in_features: int, bits: int, group_size: int,
+def check_shape(layout: str, out_features: int, in_features: int, bits: int, group_size: int,
                 ggml: str | None = None) -> None:
     """Raise ValueError for a weight shape the layout cannot hold, naming the fix."""
-    if method == "gguf":
+    if layout == "gguf":
         t = ggml_type(ggml or "")
         if t.block == 1 or in_features % t.block:
             raise ValueError(
                 f"in_features={in_features} is not a multiple of the {t.name} block ({t.block}); pick another type "
                 "in tensor_types or list the layer in modules_to_not_convert."
             )
-    if method == "rtn":
+    if layout == "int":
         g = in_features if group_size == -1 else group_size
         if in_features % g:
             raise ValueError(
@@ -70,12 +70,12 @@ def check_shape(method: str, out_features: int, in_features: int, bits: int, gro
             )
 
 
-def layer_specs(method: str, out_features: int, in_features: int, bits: int, group_size: int,
+def layer_specs(layout: str, out_features: int, in_features: int, bits: int, group_size: int,
                 sym: bool, double_quant: bool, ggml: str | None = None, act_order: bool = False) -> list[TensorSpec]:
-    check_shape(method, out_features, in_features, bits, group_size, ggml)
-    if method == "gguf":
+    check_shape(layout, out_features, in_features, bits, group_size, ggml)
+    if layout == "gguf":
         return [TensorSpec("weight", (out_features, row_bytes(ggml, in_features)), torch.uint8)]
-    if method == "rtn":
+    if layout == "int":
         g = in_features if group_size == -1 else group_size
         G = in_features // g
         specs = [TensorSpec("weight", (out_features, G, g * bits // 8), torch.uint8),
@@ -86,7 +86,7 @@ def layer_specs(method: str, out_features: int, in_features: int, bits: int, gro
             specs.append(TensorSpec("g_idx", (in_features,), torch.int32))
         return specs
     if act_order:
-        raise ValueError(f"act-order (g_idx) is stored only with integer grids, not with method={method!r}.")
+        raise ValueError(f"act-order (g_idx) is stored only with integer grids, not with layout={layout!r}.")
     nb = -(-(out_features * in_features) // group_size)
     specs = [TensorSpec("weight", (nb, group_size // 2), torch.uint8)]
     if double_quant:

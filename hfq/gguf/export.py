@@ -92,7 +92,7 @@ def _permute_rows(t: torch.Tensor, n_head: int) -> torch.Tensor:
 
 def _exact_ggml(m: HfqLinear, t: str) -> torch.Tensor | None:
     """GGML bytes for an rtn layer whose grid is exactly type t's, else None."""
-    if m.method != "rtn" or not m.sym or m.group_size != 32 or getattr(m, "g_idx", None) is not None:
+    if m.layout != "int" or not m.sym or m.group_size != 32 or getattr(m, "g_idx", None) is not None:
         return None
     if (m.bits, t) not in ((4, "Q4_0"), (8, "Q8_0")):
         return None
@@ -161,14 +161,14 @@ def _float_tensor(plan: _Plan, hf_name: str, t: torch.Tensor, gname: str, n_voca
 
 def _hfq_linear(plan: _Plan, hf_name: str, m: HfqLinear, gname: str):
     n_head = plan.permute(hf_name + ".weight")
-    if m.method == "gguf" and not plan.requant_gguf:
+    if m.layout == "gguf" and not plan.requant_gguf:
         typ = m.ggml_type
         raw = lambda: m.weight.detach()                                   # noqa: E731
     else:
         typ = plan.target(gname, m.in_features, 2)
         exact = _exact_ggml(m, typ) is not None
         if not exact:
-            logger.info("%s: %s layer requantized to %s", hf_name, m.method, typ)
+            logger.info("%s: %s layer requantized to %s", hf_name, m.layout, typ)
         if typ in ("F32", "F16"):
             dt = np.float32 if typ == "F32" else np.float16
             tdt = torch.float32 if typ == "F32" else torch.float16

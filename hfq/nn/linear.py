@@ -17,16 +17,16 @@ class HfqLinear(nn.Module):
     Derived tensors the kernels need (the decoded double-quant absmax, the code table, act-order columns sorted
     by group) are non-persistent buffers made once by `prepare()`: never saved, and moved with the module."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, method: str, bits: int, group_size: int,
+    def __init__(self, in_features: int, out_features: int, bias: bool, layout: str, bits: int, group_size: int,
                  sym: bool = True, double_quant: bool = False, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None, ggml_type: str | None = None, act_order: bool = False):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.method, self.bits, self.group_size = method, bits, group_size
+        self.layout, self.bits, self.group_size = layout, bits, group_size
         self.sym, self.double_quant = bool(sym), bool(double_quant)
         self.ggml_type = ggml_type
         self.act_order = bool(act_order)   # int grids: a g_idx tensor maps columns to groups (GPTQ desc_act)
-        for spec in layer_specs(method, out_features, in_features, bits, group_size, self.sym, self.double_quant,
+        for spec in layer_specs(layout, out_features, in_features, bits, group_size, self.sym, self.double_quant,
                                 ggml_type, self.act_order):
             t = torch.zeros(spec.shape, dtype=spec.dtype, device=device)
             self.register_parameter(spec.name, nn.Parameter(t, requires_grad=False))
@@ -37,12 +37,12 @@ class HfqLinear(nn.Module):
         self._ready = False
 
     def extra_repr(self) -> str:
-        if self.method == "gguf":
-            return (f"in_features={self.in_features}, out_features={self.out_features}, method=gguf, "
+        if self.layout == "gguf":
+            return (f"in_features={self.in_features}, out_features={self.out_features}, layout=gguf, "
                     f"ggml_type={self.ggml_type}, bias={self.bias is not None}")
-        extra = f", sym={self.sym}" if self.method == "rtn" else f", double_quant={self.double_quant}"
+        extra = f", sym={self.sym}" if self.layout == "int" else f", double_quant={self.double_quant}"
         extra += ", act_order=True" if self.act_order else ""
-        return (f"in_features={self.in_features}, out_features={self.out_features}, method={self.method}, "
+        return (f"in_features={self.in_features}, out_features={self.out_features}, layout={self.layout}, "
                 f"bits={self.bits}, group_size={self.group_size}{extra}, bias={self.bias is not None}")
 
     def load_quantized(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -69,15 +69,15 @@ class HfqLinear(nn.Module):
             return
         build.ensure(dev)
         with torch.no_grad():
-            if self.method in ("nf4", "fp4"):
-                self.register_buffer("code", codebook(self.method, dev).clone(), persistent=False)
+            if self.layout in ("nf4", "fp4"):
+                self.register_buffer("code", codebook(self.layout, dev).clone(), persistent=False)
                 absmax = self.absmax
                 if self.double_quant:
                     absmax = ops.op("dequantize_8bit_blockwise")(self.absmax, self.absmax_scale,
                                                                  codebook("dynamic8", dev), DQ_BLOCK)
                     absmax = absmax + self.absmax_offset
                 self.register_buffer("absmax_f32", absmax, persistent=False)
-            elif self.method == "rtn" and self.act_order:
+            elif self.layout == "int" and self.act_order:
                 self._sort_act_order()
         self._ready = True
 
@@ -122,11 +122,11 @@ class HfqLinear(nn.Module):
         return self.absmax_f32
 
     def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        if self.method == "gguf":
+        if self.layout == "gguf":
             return ops.op("dequantize_ggml")(self.weight, self.ggml_type, self.in_features, dtype)
-        if self.method == "rtn":
+        if self.layout == "int":
             return ops.op("dequantize_int")(self.weight, self.scales, self._zeros(), self.bits, dtype, self._g_idx())
-        return ops.op("dequantize_4bit")(self.weight, self.absmax_float(), codebook(self.method, self.weight.device),
+        return ops.op("dequantize_4bit")(self.weight, self.absmax_float(), codebook(self.layout, self.weight.device),
                                          [self.out_features, self.in_features], dtype)
 
     def _zeros(self):
@@ -138,9 +138,9 @@ class HfqLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._ready:
             self.prepare()
-        if self.method == "gguf":
+        if self.layout == "gguf":
             return ops.op("linear_ggml")(x, self.weight, self.ggml_type, self.in_features, self.bias)
-        if self.method == "rtn":
+        if self.layout == "int":
             if self.act_order and self.perm is not None:
                 return ops.op("linear_int")(x.index_select(-1, self.perm), self.weight_sorted, self.scales,
                                             self._zeros(), self.bits, self.bias, None)

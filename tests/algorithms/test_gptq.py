@@ -98,7 +98,7 @@ class SpecGGML:
 
 
 def spec_grid(layout, **kw):
-    return {"rtn": SpecInt, "nf4": SpecCodebook, "gguf": SpecGGML}[layout](layout, **kw)
+    return {"int": SpecInt, "nf4": SpecCodebook, "gguf": SpecGGML}[layout](layout, **kw)
 
 
 def _naive_gptq(W, H, grid, damp=0.01, desc_act=False, static_groups=False, group_aware=False):
@@ -153,9 +153,9 @@ def _layer(seed, out_f=48, in_f=256, tokens=1024, rank=32):
 
 
 GRIDS = {
-    "int4-g32-sym": dict(layout="rtn", bits=4, group_size=32, sym=True),
-    "int3-g64-asym": dict(layout="rtn", bits=3, group_size=64, sym=False),
-    "int4-pc": dict(layout="rtn", bits=4, group_size=-1, sym=True),
+    "int4-g32-sym": dict(layout="int", bits=4, group_size=32, sym=True),
+    "int3-g64-asym": dict(layout="int", bits=3, group_size=64, sym=False),
+    "int4-pc": dict(layout="int", bits=4, group_size=-1, sym=True),
     "nf4-b32": dict(layout="nf4", group_size=32),
     "Q4_K": dict(layout="gguf", ggml="Q4_K"),
     "Q3_K": dict(layout="gguf", ggml="Q3_K"),
@@ -200,9 +200,9 @@ def test_group_aware_order_equals_naive_obq_in_that_order(name):
 
 @pytest.mark.parametrize("name", ["int4-g128-sym", "int4-g128-asym", "int3-g128-sym", "nf4-b64", "Q4_K", "Q3_K"])
 def test_gptq_beats_rtn_on_correlated_inputs(name):
-    spec = {"int4-g128-sym": dict(layout="rtn", bits=4, group_size=128, sym=True),
-            "int4-g128-asym": dict(layout="rtn", bits=4, group_size=128, sym=False),
-            "int3-g128-sym": dict(layout="rtn", bits=3, group_size=128, sym=True),
+    spec = {"int4-g128-sym": dict(layout="int", bits=4, group_size=128, sym=True),
+            "int4-g128-asym": dict(layout="int", bits=4, group_size=128, sym=False),
+            "int3-g128-sym": dict(layout="int", bits=3, group_size=128, sym=True),
             "nf4-b64": dict(layout="nf4", group_size=64)}.get(name) or GRIDS[name]
     grid = make_grid(**spec)
     ratios = []
@@ -218,7 +218,7 @@ def test_gptq_beats_rtn_on_correlated_inputs(name):
 
 def test_act_order_stores_g_idx_and_helps():
     W, X, H = _layer(3)
-    grid = make_grid("rtn", 4, 32, True)
+    grid = make_grid("int", 4, 32, True)
     res = gptq_quantize(W, H, grid, desc_act=True)
     g_idx = res.tensors["g_idx"]
     assert g_idx.dtype == torch.int32 and g_idx.shape == (256,)
@@ -245,7 +245,7 @@ def test_not_positive_definite_falls_back_to_rtn(caplog):
     H = torch.full((64, 64), 1.0)
     H += torch.eye(64) * -2.0 + torch.eye(64) * 3.0   # diag 2, off-diagonal 1 ... then break it:
     H[0, 1] = H[1, 0] = 50.0                          # a 2x2 minor with det 4 - 2500 < 0: indefinite
-    grid = make_grid("rtn", 4, 32, True)
+    grid = make_grid("int", 4, 32, True)
     with caplog.at_level(logging.WARNING, logger="hfq.algorithms.gptq"):
         res = gptq_quantize(W, H, grid, name="layer.x")
     assert res.damp is None and res.info == {"fallback": "rtn"}
@@ -270,7 +270,7 @@ def test_ggml_block_step_uses_the_byte_exact_encoder():
 def test_bad_inputs():
     W, _, H = _layer(0, in_f=64)
     with pytest.raises(ValueError, match="Hessian of layer is"):
-        gptq_quantize(W, H[:32, :32], make_grid("rtn", 4, 32, True))
+        gptq_quantize(W, H[:32, :32], make_grid("int", 4, 32, True))
     with pytest.raises(ValueError, match="desc_act=True cannot reorder GGML blocks"):
         gptq_quantize(torch.randn(4, 256), torch.eye(256), make_grid("gguf", ggml="Q4_K"), desc_act=True)
     with pytest.raises(ValueError, match="needs static_groups=True"):
@@ -279,7 +279,7 @@ def test_bad_inputs():
 
 def _independent_rtn(spec, W):
     """Round-to-nearest of W on the grid, by code that shares nothing with hfq's encoders or decoders."""
-    if spec["layout"] == "rtn":
+    if spec["layout"] == "int":
         return torch.tensor(naive_rtn(W, spec["bits"], spec["group_size"], spec["sym"])[3], dtype=torch.float32)
     if spec["layout"] == "gguf":
         qt = gguf.GGMLQuantizationType[spec["ggml"]]
@@ -295,8 +295,8 @@ def _independent_rtn(spec, W):
     return bF.dequantize_4bit(packed, state)
 
 
-@pytest.mark.parametrize("spec", [dict(layout="rtn", bits=3, group_size=32, sym=False),
-                                  dict(layout="rtn", bits=4, group_size=-1, sym=True),
+@pytest.mark.parametrize("spec", [dict(layout="int", bits=3, group_size=32, sym=False),
+                                  dict(layout="int", bits=4, group_size=-1, sym=True),
                                   dict(layout="nf4", group_size=64), dict(layout="nf4", group_size=64, double_quant=True),
                                   dict(layout="gguf", ggml="Q3_K")], ids=str)
 def test_fake_quant_equals_decoded_rtn_layout(spec):

@@ -22,8 +22,8 @@ def test_rtn_equals_naive_per_element_loop(bits, group_size, sym):
     assert scales.float().tolist() == nscales
     if not sym:
         assert zeros.tolist() == nzeros
-    lin = HfqLinear(32, 6, False, "rtn", bits, group_size, sym)
-    lin.load_quantized(quantize_layer_weight(w, "rtn", bits, group_size, sym, False))
+    lin = HfqLinear(32, 6, False, "int", bits, group_size, sym)
+    lin.load_quantized(quantize_layer_weight(w, "int", bits, group_size, sym, False))
     assert lin.dequantize_weight().tolist() == ndeq
 
 
@@ -77,8 +77,8 @@ def test_double_quant_constants_match_bitsandbytes(qt):
 
 def test_quantize_rejects_bad_weights():
     with pytest.raises(ValueError, match="NaN or inf"):
-        quantize_layer_weight(torch.tensor([[float("nan")] * 64]), "rtn", 4, 32, True, False)
+        quantize_layer_weight(torch.tensor([[float("nan")] * 64]), "int", 4, 32, True, False)
     with pytest.raises(ValueError, match="multiple of group_size"):
-        quantize_layer_weight(torch.zeros(4, 48), "rtn", 4, 32, True, False)
+        quantize_layer_weight(torch.zeros(4, 48), "int", 4, 32, True, False)
     with pytest.raises(ValueError, match="2-D float"):
-        quantize_layer_weight(torch.zeros(4, 64, dtype=torch.int32), "rtn", 4, 32, True, False)
+        quantize_layer_weight(torch.zeros(4, 64, dtype=torch.int32), "int", 4, 32, True, False)

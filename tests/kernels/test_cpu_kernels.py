@@ -211,7 +211,7 @@ def test_prefill_rows_512_and_bias(native, dtype):
 
 def test_non_contiguous_and_3d_inputs(native):
     g = torch.Generator().manual_seed(10)
-    t = quantize_layer_weight(torch.randn(40, 128, generator=g), "rtn", 4, 32, False, False)
+    t = quantize_layer_weight(torch.randn(40, 128, generator=g), "int", 4, 32, False, False)
     args = (t["weight"], t["scales"], t["zeros"], 4, None)
     base = torch.randn(2, 3, 256, generator=g)
     x = base[..., ::2]                       # strided last dim

@@ -8,28 +8,28 @@ from hfq.formats.codebooks import codebook
 from hfq.nn import HfqLinear
 
 
-def _layer(method, bits, gs, sym, dq, w, bias=True):
-    lin = HfqLinear(w.shape[1], w.shape[0], bias, method, bits, gs, sym, dq)
-    lin.load_quantized(quantize_layer_weight(w, method, bits, gs, bool(sym), dq))
+def _layer(layout, bits, gs, sym, dq, w, bias=True):
+    lin = HfqLinear(w.shape[1], w.shape[0], bias, layout, bits, gs, sym, dq)
+    lin.load_quantized(quantize_layer_weight(w, layout, bits, gs, bool(sym), dq))
     return lin
 
 
 def _independent_dense(lin):
     """The layer's weight decoded without hfq: a naive loop for int codes, bitsandbytes for nf4/fp4."""
-    if lin.method == "rtn":
+    if lin.layout == "int":
         return int_dense(lin.weight, lin.scales, None if lin.sym else lin.zeros, lin.bits,
                          lin.g_idx if lin.act_order else None)
     nested = (lin.absmax_scale, lin.absmax_offset, codebook("dynamic8")) if lin.double_quant else None
-    return bnb_dense(lin.weight, lin.absmax, [lin.out_features, lin.in_features], lin.method, lin.group_size, nested)
+    return bnb_dense(lin.weight, lin.absmax, [lin.out_features, lin.in_features], lin.layout, lin.group_size, nested)
 
 
-@pytest.mark.parametrize("method,bits,gs,sym,dq", [("rtn", 4, 32, True, False), ("rtn", 3, -1, False, False),
+@pytest.mark.parametrize("layout,bits,gs,sym,dq", [("int", 4, 32, True, False), ("int", 3, -1, False, False),
                                                    ("nf4", 4, 64, None, True), ("fp4", 4, 64, None, False)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_forward_matches_an_independent_decode(method, bits, gs, sym, dq, dtype):
+def test_forward_matches_an_independent_decode(layout, bits, gs, sym, dq, dtype):
     g = torch.Generator().manual_seed(0)
     w = torch.randn(24, 64, generator=g) * 0.1
-    lin = _layer(method, bits, gs, sym, dq, w)
+    lin = _layer(layout, bits, gs, sym, dq, w)
     b = torch.randn(24, generator=g)
     lin.bias.data.copy_(b)
     dense = _independent_dense(lin)
@@ -40,9 +40,9 @@ def test_forward_matches_an_independent_decode(method, bits, gs, sym, dq, dtype)
         assert y.dtype == dtype and y.shape == (2, m, 24)
         ref = x.double() @ dense.double().T + b.double()
         step = None
-        if method in ("nf4", "fp4"):
+        if layout in ("nf4", "fp4"):
             blk = lin.absmax_float().repeat_interleave(gs)[: 24 * 64].reshape(24, 64)
-            step = blk * codebook(method).abs().max() * 0.5 / 16383
+            step = blk * codebook(layout).abs().max() * 0.5 / 16383
         bound = linear_bound(dense, x, prefill=2 * m > 16, lut_step=step) + b.double().abs() * 2.0 ** -7
         assert ((y.double() - ref).abs() <= bound).all()
     # and the dequantized weight is close to the float one
@@ -53,7 +53,7 @@ def test_forward_matches_an_independent_decode(method, bits, gs, sym, dq, dtype)
 def test_act_order_layer_runs_the_sorted_layout_exactly():
     """GPTQ act-order: the layer sorts its columns by group once; forward equals the g_idx decode."""
     g = torch.Generator().manual_seed(1)
-    lin = HfqLinear(64, 8, False, "rtn", 4, 16, False, act_order=True)
+    lin = HfqLinear(64, 8, False, "int", 4, 16, False, act_order=True)
     codes = torch.randint(0, 256, (8, 4, 8), generator=g, dtype=torch.uint8)
     g_idx = (torch.randperm(64, generator=g) // 16).to(torch.int32)
     lin.load_quantized({"weight": codes, "scales": torch.rand(8, 4, generator=g).half(),
@@ -62,7 +62,7 @@ def test_act_order_layer_runs_the_sorted_layout_exactly():
     dense = _independent_dense(lin)
     x = torch.randn(3, 64, generator=g)
     assert ((lin(x).double() - x.double() @ dense.double().T).abs() <= linear_bound(dense, x, False)).all()
-    uneven = HfqLinear(64, 8, False, "rtn", 4, 16, False, act_order=True)   # groups of unequal size: g_idx path
+    uneven = HfqLinear(64, 8, False, "int", 4, 16, False, act_order=True)   # groups of unequal size: g_idx path
     gi = g_idx.clone()
     gi[:5] = 0
     uneven.load_quantized({**{k: getattr(lin, k) for k in ("weight", "scales", "zeros")}, "g_idx": gi})
@@ -88,7 +88,7 @@ def test_double_quant_absmax_is_decoded_once_not_per_forward():
 @pytest.mark.parametrize("cast", ["to", "bfloat16", "half"])
 def test_casting_the_model_keeps_layout_dtypes(cast):
     lin = _layer("nf4", 4, 64, None, True, torch.randn(16, 128))
-    rtn = _layer("rtn", 4, 16, False, False, torch.randn(8, 16))
+    rtn = _layer("int", 4, 16, False, False, torch.randn(8, 16))
     model = torch.nn.Sequential(lin, torch.nn.ReLU(), rtn)
     before = {k: v.dtype for k, v in model.state_dict().items() if not k.endswith("bias")}
     x = torch.randn(2, 128)
@@ -122,6 +122,6 @@ def test_load_state_dict_refreshes_the_derived_buffers():
 
 
 def test_load_quantized_rejects_wrong_tensors():
-    lin = HfqLinear(64, 8, False, "rtn", 4, 32, True, False)
+    lin = HfqLinear(64, 8, False, "int", 4, 32, True, False)
     with pytest.raises(ValueError, match="expected tensors"):
         lin.load_quantized({"weight": torch.zeros(8, 2, 16, dtype=torch.uint8)})
