@@ -105,13 +105,22 @@ struct IntRow {   // b-bit codes; groups that are powers of two from 16, or the 
     row = W->w + r * W->row_bytes;
     sc = W->scales + r * G;
     zp = W->zeros ? W->zeros + r * G : nullptr;
+    last = -1;
   }
   // Scale per lane and zero per word. Lanes 4s..4s+3 and words 8s..8s+7 of v0 and v1 are segment s (EO, S16).
-  HFQ_INLINE void scales(int64_t c, __m512& s, __m512i& z) const {
+  int64_t last = -1;   // groups of 64 and more: the group whose scale and zero s_last, z_last hold
+  __m512 s_last;
+  __m512i z_last;
+  HFQ_INLINE void scales(int64_t c, __m512& s, __m512i& z) {
     if (G == 1 || W->group >= 64) {
       const int64_t g = G == 1 ? 0 : (64 * c) >> gshift;
-      s = _mm512_set1_ps(h2f(sc[g]));
-      z = _mm512_set1_epi16(zp ? (short)zp[g] : zsym);
+      if (g != last) {
+        s_last = _mm512_set1_ps(h2f(sc[g]));
+        z_last = _mm512_set1_epi16(zp ? (short)zp[g] : zsym);
+        last = g;
+      }
+      s = s_last;
+      z = z_last;
     } else if (W->group == 32 && c < full) {
       s = halves(h2f(sc[2 * c]), h2f(sc[2 * c + 1]));
       z = zp ? halves16(zp[2 * c], zp[2 * c + 1]) : _mm512_set1_epi16(zsym);
@@ -136,7 +145,7 @@ struct IntRow {   // b-bit codes; groups that are powers of two from 16, or the 
     const __mmask64 k = avail >= n ? (n == 64 ? ~0ull : ((1ull << n) - 1)) : ((1ull << avail) - 1);
     return _mm512_maskz_loadu_epi8(k, row + off);
   }
-  HFQ_INLINE void chunk(int64_t c, __m512i& v0, __m512i& v1, __m512& s, __m128& b4) const {
+  HFQ_INLINE void chunk(int64_t c, __m512i& v0, __m512i& v1, __m512& s, __m128& b4) {
     if (KIND == 4) {   // EO: byte j holds columns 2j (low nibble) and 2j+1
       const __m512i w = c < full ? widen_u8(row + 32 * c)
                                  : _mm512_cvtepu8_epi16(_mm512_castsi512_si256(bytes(32 * c, 32)));
@@ -273,7 +282,7 @@ struct KRow {
       u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
       u[2] = m03;
       u[0] &= k1;
-      const __m128i v = _mm_loadu_si128((const __m128i*)u);   // bytes 0-7 scales, 8-15 mins
+      const __m128i v = _mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]);   // bytes 0-7 scales, 8-15 mins
       d = h2f(b);
       scw = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(v, v)));   // per segment
       mins(_mm_srli_si128(v, 8), h2f(b + 2), true);
@@ -297,10 +306,8 @@ struct KRow {
       mins(_mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0xF)), h2f(b + 82), false);
     }
   }
-  HFQ_INLINE void chunk(int64_t c, __m512i& v0, __m512i& v1, __m512& s, __m128& b4) {
-    const u8* b = row + (c >> 2) * BYTES;
-    const int q = (int)(c & 3);
-    if (q == 0) superblock(b);
+  // The codes of chunk q of super-block b, NAT order, with the fixed offsets of Q3_K (4) and Q6_K (32) taken off.
+  HFQ_INLINE void codes(const u8* b, int q, __m512i& v0, __m512i& v1) const {
     if (FMT == FMT_Q4_K || FMT == FMT_Q5_K) {
       const __m512i w = widen_u8(b + (FMT == FMT_Q4_K ? 16 : 48) + 32 * q);
       v0 = nib_lo(w);
@@ -337,22 +344,52 @@ struct KRow {
         }
       }
     }
+  }
+  HFQ_INLINE void chunk(int64_t c, __m512i& v0, __m512i& v1, __m512& s, __m128& b4) {
+    const u8* b = row + (c >> 2) * BYTES;
+    const int q = (int)(c & 3);
+    if (q == 0) superblock(b);
+    codes(b, q, v0, v1);
     v0 = _mm512_mullo_epi16(v0, _mm512_permutexvar_epi16(idx[q][0], scw));
     v1 = _mm512_mullo_epi16(v1, _mm512_permutexvar_epi16(idx[q][1], scw));
     s = _mm512_set1_ps(d);
     b4 = has_b ? _mm_loadu_ps(B + 4 * q) : _mm_setzero_ps();
   }
+  // Exact per-segment factors in the reference's order: w = dl * q - ml (ml = 0 where there is no minimum).
+  HFQ_INLINE void exact(const u8* b, float* dl, float* ml) const {
+    if (FMT == FMT_Q4_K || FMT == FMT_Q5_K) {
+      const float d0 = h2f(b), dmin = h2f(b + 2);
+      for (int j = 0; j < 8; ++j) {
+        int sc, m;
+        k4_scale_min(b + 4, j, &sc, &m);
+        dl[2 * j] = dl[2 * j + 1] = d0 * (float)sc;
+        ml[2 * j] = ml[2 * j + 1] = dmin * (float)m;
+      }
+    } else if (FMT == FMT_Q6_K) {
+      const float d0 = h2f(b + 208);
+      for (int j = 0; j < 16; ++j) { dl[j] = d0 * (float)(int8_t)b[192 + j]; ml[j] = 0.f; }
+    } else if (FMT == FMT_Q3_K) {
+      const float d0 = h2f(b + 108);
+      for (int j = 0; j < 16; ++j) { dl[j] = d0 * (float)(q3_scale(b + 96, j) - 32); ml[j] = 0.f; }
+    } else {
+      const float d0 = h2f(b + 80), dmin = h2f(b + 82);
+      for (int j = 0; j < 16; ++j) { dl[j] = d0 * (float)(b[j] & 0xF); ml[j] = dmin * (float)(b[j] >> 4); }
+    }
+  }
 };
 
 // ---- the engine: one weight row against MT rows of x ----
 
+// The hardware prefetcher alone leaves this loop waiting on memory (measured: half the read bandwidth), so each
+// chunk also prefetches the codes HFQ_PF_BYTES ahead in the weight stream (rows are contiguous).
 template <class R, int MT>
-inline void run_row(R& row, const Acts& a, int m0, int64_t r, int64_t out, float* y) {
+inline void run_row(R& row, const Acts& a, int m0, int64_t r, int64_t out, float* y, const char* pf, int64_t step) {
   __m512 f[MT];
   __m128 fb[MT];
   for (int m = 0; m < MT; ++m) { f[m] = _mm512_setzero_ps(); fb[m] = _mm_setzero_ps(); }
   const int64_t cs = a.chunks;
   for (int64_t c = 0; c < cs; ++c) {
+    _mm_prefetch(pf + c * step, _MM_HINT_T0);
     __m512i v0, v1;
     __m512 s;
     __m128 b4;
@@ -378,16 +415,23 @@ inline void run_row(R& row, const Acts& a, int m0, int64_t r, int64_t out, float
   }
 }
 
+#ifndef HFQ_PF_BYTES
+#define HFQ_PF_BYTES 2048
+#endif
 template <class R>
 void run(R row, const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
+  const int64_t rb = W.fmt == FMT_LUT4 ? W.in / 2 : W.row_bytes, step = rb / a.chunks;
+  const char* end = (const char*)(W.w + r1 * rb);   // never prefetch past this task's rows
   for (int64_t r = r0; r < r1; ++r) {
+    const char* pf = (const char*)(W.w + r * rb) + HFQ_PF_BYTES;
+    if (pf + rb > end) pf = end - rb;
     int m0 = 0;
-    for (; m0 + 4 <= a.m; m0 += 4) { row.seek(r); run_row<R, 4>(row, a, m0, r, W.out, y); }
+    for (; m0 + 4 <= a.m; m0 += 4) { row.seek(r); run_row<R, 4>(row, a, m0, r, W.out, y, pf, step); }
     row.seek(r);
     switch (a.m - m0) {
-      case 3: run_row<R, 3>(row, a, m0, r, W.out, y); break;
-      case 2: run_row<R, 2>(row, a, m0, r, W.out, y); break;
-      case 1: run_row<R, 1>(row, a, m0, r, W.out, y); break;
+      case 3: run_row<R, 3>(row, a, m0, r, W.out, y, pf, step); break;
+      case 2: run_row<R, 2>(row, a, m0, r, W.out, y, pf, step); break;
+      case 1: run_row<R, 1>(row, a, m0, r, W.out, y, pf, step); break;
       default: break;
     }
   }
@@ -496,7 +540,75 @@ inline void pairs(__m512 first, __m512 second, __m512& y0, __m512& y1) {
   y1 = _mm512_permutex2var_ps(first, _mm512_add_epi32(lo, _mm512_set1_epi32(8)), second);
 }
 
+
+// Exact GGML dequantization from the engine's unpackers: the same codes, then the reference's float32 ops.
+inline __m512 half_words(__m512i v, int h) {   // int16 words 16h..16h+15 of v as 16 floats
+  return _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(h ? _mm512_extracti64x4_epi64(v, 1) : _mm512_castsi512_si256(v)));
+}
+
+template <int FMT>
+void dequant_k(const Weight& W, int64_t r0, int64_t r1, void* out, int ot) {
+  KRow<FMT> row(W);
+  for (int64_t r = r0; r < r1; ++r) {
+    row.seek(r);
+    const int64_t base = (r - r0) * W.in;
+    for (int64_t sb = 0; sb < W.in / 256; ++sb) {
+      const u8* b = row.row + sb * KRow<FMT>::BYTES;
+      float dl[16], ml[16];
+      row.exact(b, dl, ml);
+      for (int q = 0; q < 4; ++q) {
+        __m512i v[2];
+        row.codes(b, q, v[0], v[1]);
+        for (int h = 0; h < 4; ++h) {   // NAT: words 16(h&1).. of v[h/2] are segment 4q + h
+          const int seg = 4 * q + h;
+          const __m512 y = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(dl[seg]), half_words(v[h >> 1], h & 1)),
+                                         _mm512_set1_ps(ml[seg]));
+          store16(y, out, base + sb * 256 + 64 * q + 16 * h, ot);
+        }
+      }
+    }
+  }
+}
+
+template <int FMT>
+void dequant_legacy(const Weight& W, int64_t r0, int64_t r1, void* out, int ot) {
+  LegacyRow<FMT> row(W);
+  constexpr bool MIN = FMT == FMT_Q4_1 || FMT == FMT_Q5_1;
+  for (int64_t r = r0; r < r1; ++r) {
+    row.seek(r);
+    const int64_t base = (r - r0) * W.in;
+    for (int64_t c = 0; c < (W.in + 63) / 64; ++c) {
+      __m512i v0, v1;
+      __m512 s;
+      __m128 b4;
+      row.chunk(c, v0, v1, s, b4);
+      for (int blk = 0; blk < 2 && 2 * c + blk < W.in / 32; ++blk) {   // L32: v0 holds the first halves
+        const u8* bp = row.row + (2 * c + blk) * LegacyRow<FMT>::BYTES;
+        const __m512 d = _mm512_set1_ps(h2f(bp));
+        for (int h = 0; h < 2; ++h) {
+          __m512 y = _mm512_mul_ps(half_words(h ? v1 : v0, blk), d);
+          if (MIN) y = _mm512_add_ps(y, _mm512_set1_ps(h2f(bp + 2)));
+          store16(y, out, base + 64 * c + 32 * blk + 16 * h, ot);
+        }
+      }
+    }
+  }
+}
+
 void dequant(const Weight& W, int64_t r0, int64_t r1, void* out, int ot) {
+  switch (W.fmt) {
+    case FMT_Q4_0: return dequant_legacy<FMT_Q4_0>(W, r0, r1, out, ot);
+    case FMT_Q4_1: return dequant_legacy<FMT_Q4_1>(W, r0, r1, out, ot);
+    case FMT_Q5_0: return dequant_legacy<FMT_Q5_0>(W, r0, r1, out, ot);
+    case FMT_Q5_1: return dequant_legacy<FMT_Q5_1>(W, r0, r1, out, ot);
+    case FMT_Q8_0: return dequant_legacy<FMT_Q8_0>(W, r0, r1, out, ot);
+    case FMT_Q2_K: return dequant_k<FMT_Q2_K>(W, r0, r1, out, ot);
+    case FMT_Q3_K: return dequant_k<FMT_Q3_K>(W, r0, r1, out, ot);
+    case FMT_Q4_K: return dequant_k<FMT_Q4_K>(W, r0, r1, out, ot);
+    case FMT_Q5_K: return dequant_k<FMT_Q5_K>(W, r0, r1, out, ot);
+    case FMT_Q6_K: return dequant_k<FMT_Q6_K>(W, r0, r1, out, ot);
+    default: break;
+  }
   const bool int_fast = W.fmt == FMT_INT && !W.g_idx && (W.bits == 4 || W.bits == 8) && W.group % 32 == 0;
   const bool lut_fast = W.fmt == FMT_LUT4 && W.in % 32 == 0 && W.group >= 32;
   if (!int_fast && !lut_fast) return dequant_rows(W, r0, r1, out, ot);
