@@ -87,13 +87,18 @@ def describe(folder: str | Path) -> dict:
         if "hfq_layers" in meta:
             layers_meta.update(json.loads(meta["hfq_layers"]))
     nbytes = {k: _DTYPE_BYTES.get(t["dtype"], 0) * _numel(t["shape"]) for k, t in tensors.items()}
-    layers = {}
+    layers, tied = {}, {}
+    emb_types = (hq.embedding_types if hq is not None else None) or {}
     for name, shape in layers_meta.items():
         keys = [f"{name}.{t}" for t in _LAYOUT_TENSORS if f"{name}.{t}" in tensors]
+        if not keys and name in emb_types:   # a tied head: the embedding's table, stored once
+            tied[name] = {"shape": shape, "type": emb_types[name], "tied_to": _tied_source(name, emb_types, tensors)}
+            continue
         layers[name] = {"shape": shape, "bytes": sum(nbytes[k] for k in keys),
                         "bpw": 8 * sum(nbytes[k] for k in keys) / (shape[0] * shape[1])}
-        if hq is not None and hq.tensor_types:
-            layers[name]["type"] = hq.tensor_types.get(name)
+        t = ((hq.tensor_types or {}).get(name) if hq is not None else None) or emb_types.get(name)
+        if t is not None:
+            layers[name]["type"] = t
     quant_keys = {f"{n}.{t}" for n in layers for t in _LAYOUT_TENSORS}
     float_params = sum(_numel(t["shape"]) for k, t in tensors.items() if k not in quant_keys)
     q_weights = sum(v["shape"][0] * v["shape"][1] for v in layers.values())
@@ -112,9 +117,18 @@ def describe(folder: str | Path) -> dict:
         "bytes_on_disk": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
         "weight_bytes": total_tensor_bytes,
         "layers": layers,
+        "tied_layers": tied,
+        "embeddings": {n: {"type": v.get("type"), "bytes": v.get("bytes", 0), "bpw": v.get("bpw", 0.0),
+                           **({"tied_to": v["tied_to"]} if "tied_to" in v else {})}
+                       for n, v in {**{k: layers[k] for k in emb_types if k in layers}, **tied}.items()},
         "types": _type_summary(layers),
         "modules": _module_summary(tensors, nbytes, layers),
     }
+
+
+def _tied_source(name: str, emb_types: dict, tensors: dict) -> str | None:
+    """The embedding whose stored table a tied head reads."""
+    return next((n for n in emb_types if n != name and f"{n}.weight" in tensors), None)
 
 
 def _module_type(name: str) -> str:

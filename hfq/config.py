@@ -25,7 +25,9 @@ DEFAULT_GROUP_SIZE = {"rtn": 128, "nf4": 64, "fp4": 64}
 GGUF_QUANT_TYPES = tuple(FILE_TYPES)
 
 _FIELDS = ("method", "bits", "group_size", "sym", "double_quant", "modules_to_not_convert", "quant_type",
-           "importance", "tensor_types")
+           "importance", "tensor_types", "embeddings", "embedding_types")
+# embeddings=: the storage of the input embedding and the output head
+EMBEDDINGS = ("float", "int8") + QUANT_TYPES
 # gptq/awq only; `dataset` is never written to config.json (only the `calibration` record is)
 _CAL_FIELDS = ("grid", "desc_act", "static_groups", "act_group_aware", "damp_percent", "true_sequential", "dataset",
                "n_samples", "seq_len", "seed", "calibration")
@@ -55,6 +57,12 @@ class HfqConfig(QuantizationConfigMixin):
         {module name: tensor}. Saved checkpoints record only whether it was used (True).
     tensor_types: gguf only. {module name: GGML type}; filled in at quantization time and saved, so a reload
         builds the same layers. Given by hand, it overrides the mix for the layers it names.
+    embeddings: the storage of the input embedding and the output head (lm_head): "float", "int8" (one float16
+        scale per row) or a GGML type such as "Q6_K" or "Q8_0" (with llama.cpp's fallback where the row does not
+        hold whole blocks). None: llama.cpp's mix for GGUF layouts (method="gguf" or a gguf grid), "float"
+        otherwise. A tied head shares the embedding's packed table. modules_to_not_convert, when given, wins.
+    embedding_types: {module name: "int8" or GGML type} of the quantized embedding/head; filled in at
+        quantization time and saved.
 
     Calibrated methods, method="gptq" or "awq" (quantized at load time on calibration text, block by block):
     grid: what the weights are rounded onto. "int" (bits/group_size/sym as for rtn, the default), "nf4"/"fp4"
@@ -86,6 +94,8 @@ class HfqConfig(QuantizationConfigMixin):
         quant_type: str | None = None,
         importance: Any = None,
         tensor_types: dict[str, str] | None = None,
+        embeddings: str | None = None,
+        embedding_types: dict[str, str] | None = None,
         **kwargs: Any,
     ):
         kwargs.pop("quant_method", None)
@@ -112,7 +122,31 @@ class HfqConfig(QuantizationConfigMixin):
         self.quant_type = quant_type
         self.importance = importance
         self.tensor_types = dict(tensor_types) if tensor_types is not None else None
+        self.embeddings = embeddings
+        self.embedding_types = dict(embedding_types) if embedding_types is not None else None
         self._validate_and_fill()
+        self._validate_embeddings()
+
+    def _validate_embeddings(self) -> None:
+        e = self.embeddings
+        if e is not None:
+            if not isinstance(e, str) or (e.lower() not in ("float", "int8") and e.upper() not in QUANT_TYPES):
+                raise ValueError(f"embeddings={e!r} is not an embedding storage; allowed: {_allowed(EMBEDDINGS)} "
+                                 "(or None: llama.cpp's mix for GGUF layouts, float otherwise).")
+            self.embeddings = e.lower() if e.lower() in ("float", "int8") else e.upper()
+        et = self.embedding_types
+        if et is not None:
+            bad = {k: v for k, v in et.items() if not isinstance(v, str) or (v != "int8" and v not in QUANT_TYPES)}
+            if bad or not all(isinstance(k, str) for k in et):
+                raise ValueError(f"embedding_types has unknown storage(s) {bad}; it is written by hfq, allowed values: "
+                                 f"{_allowed(EMBEDDINGS[1:])}.")
+
+    @property
+    def embedding_default(self) -> str:
+        """What embeddings=None means for this config: 'mix' (llama.cpp's types) for GGUF layouts, else 'float'."""
+        if self.embeddings is not None:
+            return self.embeddings
+        return "mix" if self.layout == "gguf" else "float"
 
     def _validate_and_fill(self) -> None:
         m = self.method
@@ -290,6 +324,9 @@ class HfqConfig(QuantizationConfigMixin):
     def to_dict(self) -> dict[str, Any]:
         d = {"quant_method": self.quant_method, "hfq_format_version": self.hfq_format_version}
         d.update({k: copy.deepcopy(getattr(self, k)) for k in _FIELDS if k != "importance"})
+        for k in ("embeddings", "embedding_types"):   # absent unless used, so older readers see no change
+            if d[k] is None:
+                d.pop(k)
         if self.method in CALIBRATED:
             d.update({k: copy.deepcopy(getattr(self, k)) for k in _CAL_FIELDS if k != "dataset"})
             d.pop("importance", None)
@@ -308,7 +345,13 @@ class HfqConfig(QuantizationConfigMixin):
         return self.to_dict()
 
     def short_name(self) -> str:
-        """A name for file and repo suffixes, e.g. 'rtn-int4-g128-sym', 'nf4-dq-b64' or 'gptq-int4-g128-sym-act'."""
+        """A name for file and repo suffixes, e.g. 'rtn-int4-g128-sym', 'nf4-dq-b64' or 'gptq-int4-g128-sym-act';
+        quantized embeddings add '-e8' (int8) or '-eq6_k' (a GGML type)."""
+        e = self.embeddings
+        suffix = "" if e in (None, "float") else "-e8" if e == "int8" else f"-e{e.lower()}"
+        return self._short_name() + suffix
+
+    def _short_name(self) -> str:
         if self.method in CALIBRATED:
             if self.grid == "gguf":
                 return f"{self.method}-{self.quant_type.lower()}"

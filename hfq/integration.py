@@ -4,6 +4,7 @@ and undo it. Version-specific hook calls stay in quantizer.py; this module uses 
 from __future__ import annotations
 
 import logging
+import re
 
 import torch
 from torch import nn
@@ -19,7 +20,8 @@ from .algorithms.layerwise import calibrate_blocks, find_blocks, onload_block
 from .config import HfqConfig
 from .formats.layouts import check_shape
 from .gguf import mixes
-from .nn import HfqLinear
+from .nn import HfqEmbedding, HfqLinear
+from .nn.embedding import INT8, layout_of
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +98,127 @@ class HfqQuantize(ConversionOps):
         return result
 
 
+def embedding_modules(model: nn.Module) -> tuple[str | None, str | None, bool]:
+    """(input embedding name, output head name, whether they are tied) of a transformers model."""
+    names = {id(m): n for n, m in model.named_modules()}
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    e = names.get(id(emb)) if isinstance(emb, (nn.Embedding, HfqEmbedding)) else None
+    h = names.get(id(head)) if isinstance(head, (nn.Linear, HfqLinear)) else None
+    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    tied = bool(getattr(text, "tie_word_embeddings", False) or getattr(model.config, "tie_word_embeddings", False))
+    return e, h, tied and e is not None and h is not None
+
+
+def plan_embeddings(model: nn.Module, config: HfqConfig) -> dict[str, str]:
+    """{module name: storage ('int8' or a GGML type)} for the input embedding and the output head.
+
+    embeddings=None follows llama.cpp's mix for GGUF layouts (token_embd / output types, Q8_0 where rows do not
+    hold whole 256-blocks) and keeps float otherwise. A GGML type falls back as llama.cpp's does. A user's
+    modules_to_not_convert wins; a tied pair is quantized together or not at all."""
+    if config.embedding_types is not None:   # a saved checkpoint: rebuild what was made
+        return dict(config.embedding_types)
+    kind = config.embedding_default
+    if kind == "float":
+        return {}
+    e, h, tied = embedding_modules(model)
+    skip = config.modules_to_not_convert
+    kept = [n for n in (e, h) if n is not None and skip is not None and not should_convert_module(n, skip)]
+    if tied and kept:
+        logger.info("hfq: the tied embedding and head stay float (modules_to_not_convert lists %s)", kept)
+        return {}
+    shape = mixes.model_shape(model.config) if kind == "mix" else None
+    out = {}
+    for name, role in ((e, "token_embd.weight"), (None if tied else h, "output.weight")):
+        if name is None or name in kept:
+            continue
+        m = model.get_submodule(name)
+        ncols = m.embedding_dim if isinstance(m, nn.Embedding) else m.in_features
+        if kind == "mix":
+            t = mixes.tensor_type(config.quant_type, role, ncols, shape)
+        else:
+            t = kind if kind == INT8 else mixes.fallback(kind, ncols)
+            if t != kind:
+                logger.info("hfq: %s rows of %d do not hold whole %s blocks; using %s (llama.cpp's fallback)",
+                            name, ncols, kind, t)
+        if t not in ("F16", "F32"):
+            out[name] = t
+    if tied and e in out:
+        out[h] = out[e]
+    return out
+
+
+def replace_embeddings(model: nn.Module, types: dict[str, str]) -> None:
+    """Swap the planned embedding/head modules for empty quantized ones on the meta device. A tied head shares
+    the embedding's tensors: `weight` through transformers' own tying, the others through the tie map too."""
+    e, h, tied = embedding_modules(model)
+    for name, kind in types.items():
+        old = model.get_submodule(name)
+        try:
+            with torch.device("meta"):
+                if isinstance(old, nn.Embedding):
+                    new = HfqEmbedding(old.num_embeddings, old.embedding_dim, kind, old.padding_idx,
+                                       dtype=old.weight.dtype, embed_scale=getattr(old, "scalar_embed_scale", None))
+                else:
+                    new = HfqLinear(old.in_features, old.out_features, old.bias is not None, dtype=old.weight.dtype,
+                                    **layout_of(kind))
+        except ValueError as err:
+            raise ValueError(f"cannot store {name!r} as {kind}: {err}") from err
+        model.set_submodule(name, new)
+    extra = tied_head_extras(model, types)
+    if extra:   # e.g. the float16 row scales of an int8 table: never saved, re-tied after loading
+        ignore = getattr(model, "_keys_to_ignore_on_load_missing", None) or set()
+        model._keys_to_ignore_on_load_missing = set(ignore) | {f"^{re.escape(k)}$" for k in extra}
+    if types:
+        logger.info("hfq: embedding/head stored as %s", ", ".join(f"{n}={t}" for n, t in types.items()))
+
+
+def quantize_embeddings(model: nn.Module, types: dict[str, str]) -> None:
+    """Quantize loaded float embedding/head modules in place (calibrated methods, which load float weights)."""
+    floats = {n: model.get_submodule(n).weight.detach() for n in types}
+    replace_embeddings(model, types)
+    e, h, tied = embedding_modules(model)
+    for name, kind in types.items():
+        if tied and name == h:
+            continue
+        m = model.get_submodule(name)
+        w = floats[name]
+        tensors = ({"weight": quantize_rows(w, kind, None)} if kind != INT8
+                   else quantize_layer_weight(w.float(), "int", 8, -1, True, False))
+        m.to_empty(device=w.device)
+        m.load_quantized({k: v.to(w.device) for k, v in tensors.items()})
+    if tied and h in types:
+        head = model.get_submodule(h)
+        head.to_empty(device=floats[h].device)
+    tie_quantized_head(model, types)
+
+
+def tied_head_extras(model: nn.Module, types: dict[str, str]) -> list[str]:
+    """State-dict keys of a tied quantized head besides `weight` (which transformers ties and drops itself)."""
+    e, h, tied = embedding_modules(model)
+    if not (tied and e in types and h in types):
+        return []
+    return [f"{h}.{n}" for n in model.get_submodule(e).layout_names if n != "weight"]
+
+
+def tie_quantized_head(model: nn.Module, types: dict[str, str]) -> None:
+    """After loading: the tied head's tensors are the embedding's (one packed table serves both)."""
+    e, h, tied = embedding_modules(model)
+    if not (tied and e in types and h in types):
+        return
+    emb, head = model.get_submodule(e), model.get_submodule(h)
+    for n in emb.layout_names:
+        setattr(head, n, getattr(emb, n))
+
+
 def dequantize_model(model: nn.Module, dtype: torch.dtype) -> int:
-    """Replace each HfqLinear with an nn.Linear holding its dequantized weight. Returns the layer count."""
+    """Replace each HfqLinear (and HfqEmbedding) with a float module holding its dequantized weight. Returns the
+    layer count."""
     count = 0
     for name, module in list(model.named_modules()):
+        if isinstance(module, HfqEmbedding):
+            model.set_submodule(name, module.dequantized().to(dtype))
+            count += 1
+            continue
         if not isinstance(module, HfqLinear):
             continue
         w = module.dequantize_weight(dtype)

@@ -14,7 +14,9 @@ from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_
 from .config import CALIBRATED, FORMAT_VERSION, QUANT_METHOD, HfqConfig
 from .algorithms.calibration import load_importance
 from .gguf import mixes
-from .integration import HfqQuantize, calibrate_model, convertible_linears, dequantize_model, replace_with_hfq_linear
+from .integration import (HfqQuantize, calibrate_model, convertible_linears, dequantize_model, plan_embeddings,
+                          quantize_embeddings, replace_embeddings, replace_with_hfq_linear, tie_quantized_head,
+                          tied_head_extras)
 from .nn import HfqLinear
 
 logger = logging.getLogger(__name__)
@@ -37,8 +39,14 @@ class HfqQuantizer(HfQuantizer):
         cfg = self.quantization_config
         skip = self.get_modules_to_not_convert(model, cfg.modules_to_not_convert, model._keep_in_fp32_modules)
         self.modules_to_not_convert = skip
+        self.embedding_types = plan_embeddings(model, cfg)
         if cfg.method in CALIBRATED and not self.pre_quantized:
-            return   # the float weights load as they are; calibration runs after loading
+            return   # the float weights load as they are; calibration (and the embeddings) after loading
+        self._replace_layers(model, cfg, skip)
+        replace_embeddings(model, self.embedding_types)
+        cfg.embedding_types = self.embedding_types or None
+
+    def _replace_layers(self, model, cfg, skip) -> None:
         if cfg.layout != "gguf":
             replace_with_hfq_linear(model, cfg, skip)
             return
@@ -76,6 +84,7 @@ class HfqQuantizer(HfQuantizer):
 
         model._upload_modified_files = upload_with_card
         if cfg.method not in CALIBRATED or self.pre_quantized:
+            tie_quantized_head(model, self.embedding_types)
             _prepare_layers(model)
             return model
 
@@ -88,6 +97,8 @@ class HfqQuantizer(HfQuantizer):
                                  "pass dataset= as lists of token ids.") from e
 
         calibrate_model(model, cfg, self.modules_to_not_convert, tokenizer)
+        quantize_embeddings(model, self.embedding_types)   # round to nearest, as llama.cpp does for these tables
+        cfg.embedding_types = self.embedding_types or None
         _prepare_layers(model)
         return model
 
@@ -107,7 +118,11 @@ class HfqQuantizer(HfQuantizer):
     def get_state_dict_and_metadata(self, model):
         cfg = self.quantization_config
         layers = {n: [m.out_features, m.in_features] for n, m in model.named_modules() if isinstance(m, HfqLinear)}
-        return None, {"hfq_format_version": str(FORMAT_VERSION), "hfq_method": cfg.short_name(),
+        extras = tied_head_extras(model, cfg.embedding_types or {})
+        sd = None
+        if extras:   # a tied head's other tensors are the embedding's: save them once
+            sd = {k: v for k, v in model.state_dict().items() if k not in extras}
+        return sd, {"hfq_format_version": str(FORMAT_VERSION), "hfq_method": cfg.short_name(),
                       "hfq_layers": json.dumps(layers, separators=(",", ":"))}
 
     def is_serializable(self):

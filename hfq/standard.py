@@ -13,7 +13,7 @@ from torch import nn
 
 from .atomic import atomic_dir
 from .formats.standard_layout import GPTQ_BITS, hfq_int_codes, pack_awq, pack_gptq_qweight, pack_gptq_qzeros
-from .nn.linear import HfqLinear
+from .nn import HfqEmbedding, HfqLinear
 
 logger = logging.getLogger("hfq")
 
@@ -196,6 +196,9 @@ def save_standard(model: nn.Module, out_dir: str | Path, format: str = "gptq", *
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     ints = {}
     for name, m in layers.items():
+        if isinstance(m, HfqEmbedding):
+            raise _fail(name, f"it is a quantized embedding table, which {fmt.upper()} checkpoints cannot hold",
+                        "requantize with embeddings='float' (hfq's default)")
         if m is head:
             raise _fail(name, f"it is the output head, which {fmt.upper()} loaders keep in float",
                         "requantize with it in modules_to_not_convert (hfq's default)")

@@ -36,7 +36,7 @@ def test_importance_then_quantize_then_info(model_with_tokenizer, tmp_path, caps
     info = json.loads(capsys.readouterr().out)
     t = info["types"]
     assert t["Q3_K"]["bpw"] == pytest.approx(3.4375) and t["Q5_K"]["bpw"] == pytest.approx(5.5)
-    assert sum(v["layers"] for v in t.values()) == 14
+    assert sum(v["layers"] for v in t.values()) == 16   # 14 linears, the embedding, the untied head
 
 
 def test_calibration_flag_and_errors(model_with_tokenizer, tmp_path, capsys):

@@ -25,8 +25,10 @@ def test_every_quant_type_loads_runs_and_reloads(llama256_dir, tmp_path, quant_t
     model = AutoModelForCausalLM.from_pretrained(llama256_dir, quantization_config=cfg)
     ref = AutoModelForCausalLM.from_pretrained(llama256_dir)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, HfqLinear)}
-    assert len(layers) == 14
-    types = model.config.quantization_config.tensor_types
+    assert len(layers) == 16   # 14 linears, the embedding and the head (llama.cpp's token_embd/output types)
+    qc = model.config.quantization_config
+    types = {**qc.tensor_types, **qc.embedding_types}
+    assert set(qc.embedding_types) == {"model.embed_tokens", "lm_head"}
     for name, layer in layers.items():
         assert layer.ggml_type == types[name]
         want = ref.get_submodule(name).weight
@@ -44,7 +46,8 @@ def test_every_quant_type_loads_runs_and_reloads(llama256_dir, tmp_path, quant_t
         assert_logits_close(out, ref(x).logits)
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
-    assert saved["quant_type"] == quant_type and saved["tensor_types"] == types and saved["importance"] is False
+    assert saved["quant_type"] == quant_type and saved["tensor_types"] == qc.tensor_types and saved["importance"] is False
+    assert saved["embedding_types"] == qc.embedding_types
     again = AutoModelForCausalLM.from_pretrained(tmp_path)
     for name, layer in layers.items():
         assert torch.equal(again.get_submodule(name).weight, layer.weight)

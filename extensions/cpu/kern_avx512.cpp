@@ -1,7 +1,8 @@
 // AVX-512 kernels (F, BW, VL, DQ, VBMI, VNNI): the integer engine for few rows of x.
 //
-// Activations are quantized once per call to int16 in chunks of 64 columns (scale = max|x| / 32767, so the error
-// is at most 2^-16 of the chunk's largest value). Weight codes are unpacked to int16 exactly, with zero points
+// Activations are quantized once per call to int16 in blocks of 64 columns, or of the weight's scale group up to
+// 256 columns where that is wider (k-quant super-blocks, int groups of 128 and more, per-channel rows): scale =
+// max|x| / 32767, so the error is at most 2^-16 of the block's largest value. Weight codes are unpacked to int16 exactly, with zero points
 // subtracted (signed codes halve the activation error's weight) and k-quant sub-block scales multiplied in as
 // integers. vpdpwssd multiplies them with x into int32 lanes (at most four products per lane, so no overflow);
 // each chunk's lanes are converted to float once and scaled by (weight scale) x (activation scale).
@@ -382,11 +383,26 @@ struct KRow {
 
 // The hardware prefetcher alone leaves this loop waiting on memory (measured: half the read bandwidth), so each
 // chunk also prefetches the codes HFQ_PF_BYTES ahead in the weight stream (rows are contiguous).
+// Chunks per accumulation block: the int32 products of `cpb` consecutive chunks are summed before one float
+// conversion, where the weight scale and the activation scale are both constant over them (prep() quantizes x
+// per block of 64 * cpb columns). At most 16 products per int32 lane: k-quant codes times sub-block scales are
+// below 2^12 in magnitude and x below 2^15, so sums stay below 2^31.
+int chunks_per_block(const Weight& W) {
+  if (W.fmt >= FMT_Q2_K && W.fmt <= FMT_Q6_K) return 4;            // one super-block, one d
+  if (W.fmt == FMT_INT && !W.g_idx) {
+    if (W.group == W.in) return 4;                                // per channel: one scale per row
+    if (W.group >= 128 && (W.group & (W.group - 1)) == 0) return (W.group >= 256 ? 256 : W.group) / 64;
+  }
+  return 1;
+}
+
 template <class R, int MT>
-inline void run_row(R& row, const Acts& a, int m0, int64_t r, int64_t out, float* y, const char* pf, int64_t step) {
+inline void run_row(R& row, const Acts& a, int m0, int64_t r, int64_t out, float* y, const char* pf, int64_t step,
+                    int cpb) {
   __m512 f[MT];
   __m128 fb[MT];
-  for (int m = 0; m < MT; ++m) { f[m] = _mm512_setzero_ps(); fb[m] = _mm_setzero_ps(); }
+  __m512i p[MT];
+  for (int m = 0; m < MT; ++m) { f[m] = _mm512_setzero_ps(); fb[m] = _mm_setzero_ps(); p[m] = _mm512_setzero_si512(); }
   const int64_t cs = a.chunks;
   for (int64_t c = 0; c < cs; ++c) {
     _mm_prefetch(pf + c * step, _MM_HINT_T0);
@@ -394,12 +410,16 @@ inline void run_row(R& row, const Acts& a, int m0, int64_t r, int64_t out, float
     __m512 s;
     __m128 b4;
     row.chunk(c, v0, v1, s, b4);
+    const bool flush = (c + 1) % cpb == 0 || c + 1 == cs;
     for (int m = 0; m < MT; ++m) {
       const int64_t i = (m0 + m) * cs + c;
       const int16_t* xq = a.q + i * 64;
-      __m512i p = _mm512_dpwssd_epi32(_mm512_setzero_si512(), v0, _mm512_loadu_si512(xq));
-      p = _mm512_dpwssd_epi32(p, v1, _mm512_loadu_si512(xq + 32));
-      f[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(s, _mm512_set1_ps(a.d[i])), f[m]);
+      p[m] = _mm512_dpwssd_epi32(p[m], v0, _mm512_loadu_si512(xq));
+      p[m] = _mm512_dpwssd_epi32(p[m], v1, _mm512_loadu_si512(xq + 32));
+      if (flush) {
+        f[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[m]), _mm512_mul_ps(s, _mm512_set1_ps(a.d[i])), f[m]);
+        p[m] = _mm512_setzero_si512();
+      }
       if (R::has_b) fb[m] = _mm_fmadd_ps(b4, _mm_loadu_ps(a.s16 + i * 4), fb[m]);
     }
   }
@@ -422,16 +442,17 @@ template <class R>
 void run(R row, const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
   const int64_t rb = W.fmt == FMT_LUT4 ? W.in / 2 : W.row_bytes, step = rb / a.chunks;
   const char* end = (const char*)(W.w + r1 * rb);   // never prefetch past this task's rows
+  const int cpb = chunks_per_block(W);
   for (int64_t r = r0; r < r1; ++r) {
     const char* pf = (const char*)(W.w + r * rb) + HFQ_PF_BYTES;
     if (pf + rb > end) pf = end - rb;
     int m0 = 0;
-    for (; m0 + 4 <= a.m; m0 += 4) { row.seek(r); run_row<R, 4>(row, a, m0, r, W.out, y, pf, step); }
+    for (; m0 + 4 <= a.m; m0 += 4) { row.seek(r); run_row<R, 4>(row, a, m0, r, W.out, y, pf, step, cpb); }
     row.seek(r);
     switch (a.m - m0) {
-      case 3: run_row<R, 3>(row, a, m0, r, W.out, y, pf, step); break;
-      case 2: run_row<R, 2>(row, a, m0, r, W.out, y, pf, step); break;
-      case 1: run_row<R, 1>(row, a, m0, r, W.out, y, pf, step); break;
+      case 3: run_row<R, 3>(row, a, m0, r, W.out, y, pf, step, cpb); break;
+      case 2: run_row<R, 2>(row, a, m0, r, W.out, y, pf, step, cpb); break;
+      case 1: run_row<R, 1>(row, a, m0, r, W.out, y, pf, step, cpb); break;
       default: break;
     }
   }
@@ -453,39 +474,45 @@ bool fast(const Weight& W) {
 
 void prep(const Weight& W, Acts& a) {
   const Slot s = slot_of(W);
+  const int cpb = chunks_per_block(W);
   alignas(64) int idx[4][16];
   for (int t = 0; t < 4; ++t)
     for (int l = 0; l < 16; ++l) idx[t][l] = slot_col(s, 16 * t + l);
   __m512i ix[4];
   for (int t = 0; t < 4; ++t) ix[t] = _mm512_load_si512(idx[t]);
+  __m512 t[4][4];   // slot vectors of up to four chunks of one block
   for (int m = 0; m < a.m; ++m) {
     const float* x = a.x + m * a.k;
-    for (int64_t c = 0; c < a.chunks; ++c) {
-      alignas(64) float v[64];
-      for (int j = 0; j < 4; ++j) {
-        const int64_t k = 64 * c + 16 * j, n = a.k - k;
-        const __mmask16 mk = n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
-        const __m512 xv = _mm512_maskz_loadu_ps(mk, x + (n > 0 ? k : 0));
-        _mm512_store_ps(v + 16 * j, xv);
-        a.s16[(m * a.chunks + c) * 4 + j] = _mm512_reduce_add_ps(xv);
+    for (int64_t c0 = 0; c0 < a.chunks; c0 += cpb) {
+      const int nc = (int)(a.chunks - c0 < cpb ? a.chunks - c0 : cpb);
+      __m512 amax = _mm512_setzero_ps(), sum = _mm512_setzero_ps();
+      for (int b = 0; b < nc; ++b) {
+        const int64_t c = c0 + b;
+        __m512 v[4];
+        for (int j = 0; j < 4; ++j) {
+          const int64_t k = 64 * c + 16 * j, n = a.k - k;
+          const __mmask16 mk = n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+          v[j] = _mm512_maskz_loadu_ps(mk, x + (n > 0 ? k : 0));
+          a.s16[(m * a.chunks + c) * 4 + j] = _mm512_reduce_add_ps(v[j]);
+        }
+        for (int j = 0; j < 4; ++j) {   // slot l of vector j holds column idx[j][l]
+          const __m512 lo = _mm512_permutex2var_ps(v[0], ix[j], v[1]), hi = _mm512_permutex2var_ps(v[2], ix[j], v[3]);
+          t[b][j] = _mm512_mask_blend_ps(_mm512_test_epi32_mask(ix[j], _mm512_set1_epi32(32)), lo, hi);
+          amax = _mm512_max_ps(amax, _mm512_abs_ps(t[b][j]));
+          sum = _mm512_add_ps(sum, t[b][j]);
+        }
       }
-      __m512 t[4], amax = _mm512_setzero_ps(), sum = _mm512_setzero_ps();
-      const __m512 x0 = _mm512_load_ps(v), x1 = _mm512_load_ps(v + 16), x2 = _mm512_load_ps(v + 32),
-                   x3 = _mm512_load_ps(v + 48);
-      for (int j = 0; j < 4; ++j) {   // slot l of vector j holds column idx[j][l]
-        const __m512 lo = _mm512_permutex2var_ps(x0, ix[j], x1), hi = _mm512_permutex2var_ps(x2, ix[j], x3);
-        t[j] = _mm512_mask_blend_ps(_mm512_test_epi32_mask(ix[j], _mm512_set1_epi32(32)), lo, hi);
-        amax = _mm512_max_ps(amax, _mm512_abs_ps(t[j]));
-        sum = _mm512_add_ps(sum, t[j]);
-      }
-      const int64_t i = m * a.chunks + c;
       const float mx = _mm512_reduce_max_ps(amax), total = _mm512_reduce_add_ps(sum);
       const bool finite = total - total == 0.f;   // a nan or inf in x must reach y, as in the reference
       const float inv = mx > 0 && finite ? 32767.f / mx : 0.f;
-      a.d[i] = finite ? mx / 32767.f : __builtin_nanf("");
       const __m512 iv = _mm512_set1_ps(inv);
-      for (int j = 0; j < 4; ++j)
-        _mm256_storeu_si256((__m256i*)(a.q + i * 64 + 16 * j), _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(t[j], iv))));
+      for (int b = 0; b < nc; ++b) {
+        const int64_t i = m * a.chunks + c0 + b;
+        a.d[i] = finite ? mx / 32767.f : __builtin_nanf("");
+        for (int j = 0; j < 4; ++j)
+          _mm256_storeu_si256((__m256i*)(a.q + i * 64 + 16 * j),
+                              _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(t[b][j], iv))));
+      }
     }
   }
 }

@@ -200,7 +200,7 @@ at::Tensor run_linear(const at::Tensor& x, const Weight& W, const std::optional<
       at::Tensor q, d, s;
       if (k->fast(W)) {
         q = at::empty({M, a.chunks, 64}, at::TensorOptions().dtype(at::kShort));
-        d = at::empty({M, a.chunks, 2}, at::TensorOptions().dtype(at::kFloat));
+        d = at::empty({M, a.chunks}, at::TensorOptions().dtype(at::kFloat));
         s = at::empty({M, a.chunks, 4}, at::TensorOptions().dtype(at::kFloat));
         a.q = q.data_ptr<int16_t>();
         a.d = d.data_ptr<float>();
@@ -339,9 +339,50 @@ at::Tensor linear_ggml(const at::Tensor& x, const at::Tensor& weight, c10::strin
   return run_linear(x, W, bias);
 }
 
+// Embedding lookups: decode only the rows asked for, each exactly as dequantize_* would.
+at::Tensor gather_rows(const Weight& W, const at::Tensor& ids, at::ScalarType dtype) {
+  TORCH_CHECK(!at::isFloatingType(ids.scalar_type()), "hfq: ids must be integers, got ", ids.scalar_type());
+  const auto flat = ids.reshape({-1}).to(at::kLong).contiguous();
+  const int64_t n = flat.numel();
+  const int64_t* id = flat.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK_INDEX(id[i] >= 0 && id[i] < W.out, "hfq: token id ", id[i], " is out of range for an embedding "
+                      "table of ", W.out, " rows");
+  const int ot = out_type(dtype);
+  auto sizes = ids.sizes().vec();
+  sizes.push_back(W.in);
+  auto out = at::empty(sizes, at::TensorOptions().dtype(dtype));
+  char* base = static_cast<char*>(out.data_ptr());
+  const int64_t es = out.element_size();
+  const Kernels* k = current();
+  at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) k->dequant(W, id[i], id[i] + 1, base + i * W.in * es, ot);
+  });
+  return out;
+}
+
+at::Tensor embedding_int(const at::Tensor& weight, const at::Tensor& scales, const std::optional<at::Tensor>& zeros,
+                         int64_t bits, const at::Tensor& ids, at::ScalarType dtype) {
+  Weight W = int_weight(weight, scales, zeros, bits);
+  Held h{weight.contiguous(), scales.contiguous()};
+  if (zeros) h.zeros = zeros->contiguous();
+  h.bind(W);
+  return gather_rows(W, ids, dtype);
+}
+
+at::Tensor embedding_ggml(const at::Tensor& weight, c10::string_view qtype, int64_t in, const at::Tensor& ids,
+                          at::ScalarType dtype) {
+  Weight W = ggml_weight(weight, qtype, in);
+  Held h{weight.contiguous()};
+  h.bind(W);
+  return gather_rows(W, ids, dtype);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(hfq, CPU, m) {
+  m.impl("embedding_int", &embedding_int);
+  m.impl("embedding_ggml", &embedding_ggml);
   m.impl("dequantize_int", &dequantize_int);
   m.impl("dequantize_4bit", &dequantize_4bit);
   m.impl("dequantize_8bit_blockwise", &dequantize_8bit_blockwise);

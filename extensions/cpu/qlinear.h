@@ -33,15 +33,15 @@ struct Weight {
 };
 
 // Activations prepared once per call for the integer engine (kern_avx512.cpp): for each row of x, per 64-column
-// chunk, 64 int16 values in the format's slot order (two halves of 32, each with its own scale), plus float32
-// sums of every 16 natural columns for the zero-point and minimum terms.
+// chunk, 64 int16 values in the format's slot order and the chunk's scale (shared by the chunks of one
+// quantization block), plus float32 sums of every 16 natural columns for the minimum terms.
 struct Acts {
   int m;                 // rows of x
   int64_t k;             // columns (in_features)
   int64_t chunks;        // ceil(k / 64)
   const float* x;        // [m, k] float32, natural order (generic engine)
   int16_t* q;            // [m, chunks, 64]
-  float* d;              // [m, chunks, 2]
+  float* d;              // [m, chunks]
   float* s16;            // [m, ceil(k/16)]
 };
 

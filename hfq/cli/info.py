@@ -35,6 +35,9 @@ def _cmd_info(args) -> int:
     print(f"size              {info['bytes_on_disk'] / 1e6:.1f} MB on disk")
     for t, s in info["types"].items():
         print(f"  {t:6} {s['layers']:4} layers  {s['weights']:>13,} weights  {s['bpw']:.3f} bpw")
+    for name, e in info.get("embeddings", {}).items():
+        where = f"tied to {e['tied_to']} (stored once)" if "tied_to" in e else f"{e['bytes'] / 1e6:.1f} MB"
+        print(f"embedding/head    {name}: {e['type']}, {where}")
     if args.layers:
         for name, layer in info["layers"].items():
             kind = f"  {layer['type']}" if "type" in layer else ""

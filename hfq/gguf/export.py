@@ -30,7 +30,7 @@ from ..atomic import replace, temp_name
 from ..formats.bitpack import unpack_bits
 from ..formats.ggml_layout import PACK
 from ..formats.ggml_types import FILE_TYPES, ggml_type
-from ..nn.linear import HfqLinear
+from ..nn import HfqEmbedding, HfqLinear
 from . import mixes
 from .metadata import add_hparams, gguf_arch
 from .names import tensor_name_map
@@ -159,9 +159,14 @@ def _float_tensor(plan: _Plan, hf_name: str, t: torch.Tensor, gname: str, n_voca
             gguf.GGMLQuantizationType[typ])
 
 
-def _hfq_linear(plan: _Plan, hf_name: str, m: HfqLinear, gname: str):
+def _hfq_linear(plan: _Plan, hf_name: str, m: HfqLinear, gname: str, rows: int | None = None):
+    """A quantized layer (or embedding table) of `rows` rows (all by default: Gemma's table keeps n_vocab)."""
     n_head = plan.permute(hf_name + ".weight")
-    if m.layout == "gguf" and not plan.requant_gguf:
+    rows = m.out_features if rows is None else rows
+    # a stored GGML table is kept as it is, unless it is an embedding/head whose type differs from the file's mix
+    table = gname in ("token_embd.weight", "output.weight")
+    keep = m.layout == "gguf" and not (table and m.ggml_type != plan.target(gname, m.in_features, 2))
+    if keep and not plan.requant_gguf:
         typ = m.ggml_type
         raw = lambda: m.weight.detach()                                   # noqa: E731
     else:
@@ -174,9 +179,9 @@ def _hfq_linear(plan: _Plan, hf_name: str, m: HfqLinear, gname: str):
             tdt = torch.float32 if typ == "F32" else torch.float16
 
             def dense():
-                w = m.dequantize_weight(torch.float32)
+                w = m.dequantize_weight(torch.float32)[:rows]
                 return (_permute_rows(w, n_head) if n_head else w).to(tdt).numpy()
-            return _Lazy((m.out_features, m.in_features), dt, dense), None
+            return _Lazy((rows, m.in_features), dt, dense), None
 
         def raw():
             b = _exact_ggml(m, typ)
@@ -184,13 +189,13 @@ def _hfq_linear(plan: _Plan, hf_name: str, m: HfqLinear, gname: str):
                                                          plan.importance.get(hf_name.rsplit(".", 1)[0]))
     t = ggml_type(typ)
     if t.block == 1:   # an F16 layer of a gguf-method model
-        return _Lazy((m.out_features, m.in_features), np.float16,
-                     lambda: m.dequantize_weight(torch.float16).numpy()), None
+        return _Lazy((rows, m.in_features), np.float16,
+                     lambda: m.dequantize_weight(torch.float16)[:rows].numpy()), None
 
     def data():
-        b = raw()
+        b = raw()[:rows]
         return (_permute_rows(b, n_head) if n_head else b).numpy()
-    return (_Lazy((m.out_features, m.in_features // t.block * t.type_size), np.uint8, data),
+    return (_Lazy((rows, m.in_features // t.block * t.type_size), np.uint8, data),
             gguf.GGMLQuantizationType[t.name])
 
 
@@ -212,7 +217,9 @@ def _tensors(plan: _Plan, n_vocab: int):
             raise ValueError(f"tensor {key!r} has no GGUF name for {plan.arch.name.lower()}; hfq exports "
                              "dense decoder models of the supported architectures only.")
         if prefix in hfq_mods and leaf == "weight":
-            yield (gname, *_hfq_linear(plan, prefix, hfq_mods[prefix], gname))
+            m = hfq_mods[prefix]
+            rows = min(m.out_features, n_vocab) if plan.gemma and isinstance(m, HfqEmbedding) else None
+            yield (gname, *_hfq_linear(plan, prefix, m, gname, rows))
         else:
             yield (gname, *_float_tensor(plan, key, t, gname, n_vocab))
 

@@ -9,6 +9,8 @@ Ops (meaning of the tensors in hfq.formats.layouts):
   dequantize_ggml(weight, qtype, in_features, dtype)                   -> [out, in_features]
   linear_ggml(x, weight, qtype, in_features, bias?)                    -> [..., out]
   quantize_ggml(w, qtype, importance?)                                 -> uint8 [rows, row_bytes]
+  embedding_int(weight, scales, zeros?, bits, ids, dtype)              -> [*ids.shape, in]   (rows of the table)
+  embedding_ggml(weight, qtype, in_features, ids, dtype)               -> [*ids.shape, in_features]
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ SCHEMAS = {
     "dequantize_ggml": "(Tensor weight, str qtype, int in_features, ScalarType dtype) -> Tensor",
     "linear_ggml": "(Tensor x, Tensor weight, str qtype, int in_features, Tensor? bias) -> Tensor",
     "quantize_ggml": "(Tensor w, str qtype, Tensor? importance) -> Tensor",
+    "embedding_int": "(Tensor weight, Tensor scales, Tensor? zeros, int bits, Tensor ids, ScalarType dtype) -> Tensor",
+    "embedding_ggml": "(Tensor weight, str qtype, int in_features, Tensor ids, ScalarType dtype) -> Tensor",
 }
 
 
@@ -123,6 +127,20 @@ def _(w, qtype, importance):
     from ..formats.ggml_types import row_bytes
 
     return w.new_empty((w.shape[0], row_bytes(qtype, w.shape[1])), dtype=torch.uint8)
+
+
+@_register_fake("embedding_int")
+def _(weight, scales, zeros, bits, ids, dtype):
+    torch._check(weight.dtype == torch.uint8, lambda: f"weight must be uint8, got {weight.dtype}")
+    torch._check(not ids.is_floating_point(), lambda: f"ids must be integers, got {ids.dtype}")
+    return weight.new_empty((*ids.shape, _int_in_features(weight, bits)), dtype=dtype)
+
+
+@_register_fake("embedding_ggml")
+def _(weight, qtype, in_features, ids, dtype):
+    torch._check(weight.dtype == torch.uint8, lambda: f"weight must be uint8, got {weight.dtype}")
+    torch._check(not ids.is_floating_point(), lambda: f"ids must be integers, got {ids.dtype}")
+    return weight.new_empty((*ids.shape, in_features), dtype=dtype)
 
 
 def op(name: str):

@@ -73,3 +73,26 @@ def dequantize_ggml(weight, qtype, in_features, dtype):
 def linear_ggml(x, weight, qtype, in_features, bias):
     w = ops.op("dequantize_ggml")(weight, qtype, in_features, x.dtype)
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+
+
+def _check_ids(ids, rows):
+    flat = ids.reshape(-1).long()
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= rows):
+        bad = flat[(flat < 0) | (flat >= rows)][0].item()
+        raise IndexError(f"token id {bad} is out of range for an embedding table of {rows} rows")
+    return flat
+
+
+@ops.register_default("embedding_int")
+def embedding_int(weight, scales, zeros, bits, ids, dtype):
+    flat = _check_ids(ids, weight.shape[0])
+    z = None if zeros is None else zeros.index_select(0, flat)
+    rows = ops.op("dequantize_int")(weight.index_select(0, flat), scales.index_select(0, flat), z, bits, dtype)
+    return rows.reshape(*ids.shape, rows.shape[-1])
+
+
+@ops.register_default("embedding_ggml")
+def embedding_ggml(weight, qtype, in_features, ids, dtype):
+    flat = _check_ids(ids, weight.shape[0])
+    rows = ops.op("dequantize_ggml")(weight.index_select(0, flat), qtype, in_features, dtype)
+    return rows.reshape(*ids.shape, in_features)

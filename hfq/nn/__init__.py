@@ -1,3 +1,4 @@
+from .embedding import HfqEmbedding
 from .linear import HfqLinear
 
-__all__ = ["HfqLinear"]
+__all__ = ["HfqEmbedding", "HfqLinear"]

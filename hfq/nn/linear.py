@@ -26,10 +26,12 @@ class HfqLinear(nn.Module):
         self.sym, self.double_quant = bool(sym), bool(double_quant)
         self.ggml_type = ggml_type
         self.act_order = bool(act_order)   # int grids: a g_idx tensor maps columns to groups (GPTQ desc_act)
+        self.layout_names = []
         for spec in layer_specs(layout, out_features, in_features, bits, group_size, self.sym, self.double_quant,
                                 ggml_type, self.act_order):
             t = torch.zeros(spec.shape, dtype=spec.dtype, device=device)
-            self.register_parameter(spec.name, nn.Parameter(t, requires_grad=False))
+            self._set_layout(spec.name, t)
+            self.layout_names.append(spec.name)
         if bias:
             self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False)
         else:
@@ -45,16 +47,24 @@ class HfqLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, layout={self.layout}, "
                 f"bits={self.bits}, group_size={self.group_size}{extra}, bias={self.bias is not None}")
 
+    def _set_layout(self, name: str, t: torch.Tensor) -> None:
+        """Integer layout tensors are frozen parameters; float ones (scales, absmax) are persistent buffers, so that
+        the model's dtype (its first float parameter) stays the compute dtype, never a float16 scale."""
+        if t.is_floating_point():
+            self.register_buffer(name, t)
+        else:
+            self.register_parameter(name, nn.Parameter(t, requires_grad=False))
+
     def load_quantized(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy layout tensors (as produced by hfq.algorithms) into this layer, checking names and shapes."""
-        expected = {n for n, _ in self.named_parameters() if n != "bias"}
+        expected = set(self.layout_names)
         if set(tensors) != expected:
             raise ValueError(f"expected tensors {sorted(expected)}, got {sorted(tensors)}")
         for name, t in tensors.items():
             p = getattr(self, name)
             if p.shape != t.shape or p.dtype != t.dtype:
                 raise ValueError(f"{name}: expected {tuple(p.shape)} {p.dtype}, got {tuple(t.shape)} {t.dtype}")
-            setattr(self, name, nn.Parameter(t.to(p.device), requires_grad=False))
+            self._set_layout(name, t.to(p.device))
         self.prepare()
 
     # ---- derived tensors ----

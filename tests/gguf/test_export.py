@@ -125,9 +125,9 @@ def test_q8_0_bytes_equal_gguf_py_encoder(export_dir, exports):
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
 @pytest.mark.parametrize("qt", ["Q8_0", "Q4_K_M"])
 def test_transformers_loads_export_of_hfq_model(arch, qt, export_dir, tmp_path):
-    """An hfq gguf-method model exports its blocks unchanged; transformers' GGUF loader runs the file with the
-    hfq model's logits. The embedding (and untied output) are float in hfq and quantized in the file, so they
-    are set to gguf-py's decode of the file's tensors first; what remains must match to kernel rounding."""
+    """An hfq gguf-method model exports its blocks unchanged, the embedding and the output head included (they are
+    stored in llama.cpp's token_embd/output types already); transformers' GGUF loader runs the file with the hfq
+    model's logits, to kernel rounding."""
     from transformers import AutoModelForCausalLM
 
     src = export_dir(arch)
@@ -137,8 +137,13 @@ def test_transformers_loads_export_of_hfq_model(arch, qt, export_dir, tmp_path):
     path = hfq.export_gguf(model, tok, tmp_path / "m.gguf", progress=False)[0]
     r = gguf.GGUFReader(path)
     tensors = {t.name: t for t in r.tensors}
+    tied = model.config.tie_word_embeddings
+    assert isinstance(model.model.embed_tokens, hfq.nn.HfqEmbedding)
     for mod_name, m in model.named_modules():   # the file holds exactly the hfq layers' bytes
         if isinstance(m, hfq.nn.linear.HfqLinear):
+            if tied and mod_name == "lm_head":
+                assert m.weight is model.model.embed_tokens.weight and "output.weight" not in tensors
+                continue
             g = gguf.get_tensor_name_map(export_mod.gguf_arch(arch), model.config.num_hidden_layers).get_name(
                 mod_name + ".weight", try_suffixes=(".weight",))
             data = np.array(tensors[g].data)
@@ -149,14 +154,6 @@ def test_transformers_loads_export_of_hfq_model(arch, qt, export_dir, tmp_path):
                 want = m.weight.detach().numpy()
             assert tensors[g].tensor_type.name == m.ggml_type
             np.testing.assert_array_equal(data.reshape(want.shape), want, err_msg=mod_name)
-
-    def decoded(name):
-        t = tensors[name]
-        return torch.from_numpy(gguf.quants.dequantize(np.array(t.data), t.tensor_type).copy()).float()
-    with torch.no_grad():
-        model.model.embed_tokens.weight.copy_(decoded("token_embd.weight"))
-        if "output.weight" in tensors:
-            model.lm_head.weight.copy_(decoded("output.weight"))
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32).eval()
     ids = tok("The harbour town woke slowly on winter mornings.", return_tensors="pt")["input_ids"]
     with torch.no_grad():
