@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..config import CODEBOOK_BLOCK_SIZES, GGUF_QUANT_TYPES, METHODS, RTN_BITS, RTN_GROUP_SIZES
+from ..config import CODEBOOK_BLOCK_SIZES, EMBEDDINGS, GGUF_QUANT_TYPES, METHODS, RTN_BITS, RTN_GROUP_SIZES
 
 logger = logging.getLogger("hfq")
 
@@ -39,6 +39,9 @@ def add_parsers(sub) -> None:
     q.add_argument("--act-group-aware", action="store_true", default=None,
                    help="gptq: group-aware column order (GAR), no g_idx")
     q.add_argument("--damp-percent", type=float, help="gptq: dampening, fraction of mean diag(H) (default 0.01)")
+    q.add_argument("--embeddings", metavar="STORAGE",
+                   help=f"input embedding and output head: one of {', '.join(EMBEDDINGS)} (default: llama.cpp's "
+                   "types for gguf, float otherwise; a tied head shares the embedding's table)")
     q.add_argument("--skip", nargs="+", metavar="MODULE",
                    help="modules kept in float (replaces the defaults: lm_head and tied embeddings)")
     q.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -76,7 +79,7 @@ def _cmd_quantize(args) -> int:
         raise ValueError(f"--{next(iter(cal)).replace('_', '-')} applies to --method gptq or awq only.")
     cfg = HfqConfig(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
                     double_quant=args.double_quant, modules_to_not_convert=args.skip, quant_type=args.quant_type,
-                    importance=args.importance, **cal)
+                    importance=args.importance, embeddings=args.embeddings, **cal)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise ValueError(f"--out {out} exists and is not empty; pass --overwrite or choose another folder.")

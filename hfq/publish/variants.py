@@ -20,6 +20,7 @@ _CAL = dict(dataset=CALIBRATION, n_samples=16, seq_len=512, seed=0)
 _SAFETENSORS: dict[str, dict] = {
     "nf4": dict(method="nf4"),
     "nf4-dq": dict(method="nf4", double_quant=True),
+    "nf4-dq-e8": dict(method="nf4", double_quant=True, embeddings="int8"),   # int8 embedding and head
     "fp4": dict(method="fp4"),
     "fp4-dq": dict(method="fp4", double_quant=True),
     "rtn-int4-g128": dict(method="rtn", bits=4, group_size=128),
@@ -28,6 +29,7 @@ _SAFETENSORS: dict[str, dict] = {
     "rtn-int8": dict(method="rtn", bits=8, group_size=-1),
     "int8": dict(method="rtn", bits=8, group_size=-1),
     "gptq-int4-g128": dict(method="gptq", bits=4, group_size=128, **_CAL),
+    "gptq-int4-g128-e8": dict(method="gptq", bits=4, group_size=128, embeddings="int8", **_CAL),
     "gptq-int4-g128-act": dict(method="gptq", bits=4, group_size=128, desc_act=True, **_CAL),
     "gptq-int3-g128": dict(method="gptq", bits=3, group_size=128, **_CAL),
     "awq-int4-g128": dict(method="awq", bits=4, group_size=128, sym=False, **_CAL),
@@ -41,8 +43,8 @@ _SAFETENSORS: dict[str, dict] = {
 # GGUF files made by hfq.export_gguf from the float base, named by llama.cpp's file types.
 _GGUF_FILES: tuple[str, ...] = GGUF_QUANT_TYPES
 
-STANDARD = ("nf4", "nf4-dq", "rtn-int4-g128", "gptq-int4-g128", "awq-int4-g128", "rtn-int8", "gguf-q3_k_m",
-            "gptq-q3_k_m", "Q4_K_M", "Q8_0")
+STANDARD = ("nf4", "nf4-dq", "nf4-dq-e8", "rtn-int4-g128", "gptq-int4-g128", "awq-int4-g128", "rtn-int8",
+            "gguf-q3_k_m", "gptq-q3_k_m", "Q4_K_M", "Q8_0")
 
 
 @dataclass(frozen=True)
