@@ -33,7 +33,7 @@ ROWS = ["float32", "bfloat16", "nf4-dq", "rtn-int4-g128", "gptq-int4-g128", "ggu
 def load(name: str, base: Path):
     from transformers import AutoModelForCausalLM
 
-    from hfq import variants
+    from hfq.publish import variants
     from hfq.evaluation import pydoc_halves
 
     if name in ("float32", "bfloat16"):
@@ -93,7 +93,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
 
-    from hfq.models import local_model
+    from hfq.embedded import local_model
 
     base = local_model("gemma-3-270m")
     tok = AutoTokenizer.from_pretrained(base)

@@ -1,0 +1,10 @@
+// Entry points shared between the AVX-512 units (each compiled for AVX-512; called only from kernels_avx512).
+#pragma once
+
+#include <cstdint>
+
+#include "qlinear.h"
+
+namespace hfq_cpu::avx512 {
+void dequant(const Weight& w, int64_t r0, int64_t r1, void* out, int out_type);
+}  // namespace hfq_cpu::avx512
