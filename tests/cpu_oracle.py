@@ -47,11 +47,30 @@ def int_dense(weight: torch.Tensor, scales: torch.Tensor, zeros, bits: int, g_id
     return res
 
 
-def linear_bound(w: torch.Tensor, x: torch.Tensor, prefill: bool, lut_step: torch.Tensor | None = None):
+def act_block(kind: str, group: int | None = None, in_features: int | None = None,
+              int8: bool = False) -> tuple[int, int]:
+    """(columns per activation block, quantization levels) of hfq's CPU GEMV engine (docs/kernels.md): int16 per
+    64 columns, or per weight group up to 256 columns where the group is wider (int groups of 128 and more,
+    per-channel rows); with int8 activations (HFQ_CPU_ACTIVATIONS=int8, AVX-512) k-quants whose rows are whole
+    256-column super-blocks use int8 per super-block, as llama.cpp does."""
+    if int8 and kind in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K") and in_features % 256 == 0:
+        return 256, 127
+    if kind == "int" and group is not None:
+        if group == -1 or group == in_features:
+            return 256, 32767
+        if group >= 128:
+            return min(group, 256), 32767
+    return 64, 32767
+
+
+def linear_bound(w: torch.Tensor, x: torch.Tensor, prefill: bool, lut_step: torch.Tensor | None = None,
+                 block: tuple[int, int] = (64, 32767), codes_offset: bool = False):
     """Bound on |y - x @ w.T| for hfq's CPU kernels, per output element (float64).
 
-    GEMV (few rows): x is quantized to int16 per 64 columns, error at most max|x in the chunk| / 65534 per
-    element; nf4/fp4 codes are int16 with step lut_step (per column block); float32 accumulation adds 1e-6.
+    GEMV (few rows): x is quantized per `block` = (columns, levels), error at most max|x in the block| /
+    (2 levels) per element, times the weight's code part: |w|, or for k-quants (codes_offset, unsigned codes with
+    a minimum or offset) up to |w| + max|w| of its 16-column segment. nf4/fp4 codes are int16 with step lut_step;
+    float32 accumulation adds 1e-6 of sum |w||x|.
     Prefill (many rows): the matmul runs in bfloat16 (or float16 for float16 x): 2^-7 of sum |w||x|.
     Without native kernels (HFQ_NO_EXTENSIONS=1) the reference rounds w to x's dtype: the prefill bound.
     Either way the output is rounded to x's dtype."""
@@ -64,11 +83,16 @@ def linear_bound(w: torch.Tensor, x: torch.Tensor, prefill: bool, lut_step: torc
     if prefill:
         b = absum * (2.0 ** -10 if x.dtype == torch.float16 else 2.0 ** -7)
     else:
+        cols, levels = block
         k = xd.shape[1]
-        pad = (-k) % 64
-        xa = torch.nn.functional.pad(xd.abs(), (0, pad)).reshape(xd.shape[0], -1, 64).amax(-1)
-        wa = torch.nn.functional.pad(wd.abs(), (0, pad)).reshape(wd.shape[0], -1, 64).sum(-1)
-        b = xa @ wa.T / 65534 + absum * 1e-6
+        pad = (-k) % cols
+        a = wd.abs()
+        if codes_offset:
+            seg = torch.nn.functional.pad(a, (0, (-k) % 16)).reshape(a.shape[0], -1, 16).amax(-1)
+            a = a + seg.repeat_interleave(16, 1)[:, :k]
+        xa = torch.nn.functional.pad(xd.abs(), (0, pad)).reshape(xd.shape[0], -1, cols).amax(-1)
+        wa = torch.nn.functional.pad(a, (0, pad)).reshape(a.shape[0], -1, cols).sum(-1)
+        b = xa @ wa.T / (2 * levels) + absum * 1e-6
         if lut_step is not None:
             b = b + xd.abs() @ lut_step.double().T
     y = xd @ wd.T

@@ -101,6 +101,9 @@ def test_doctor_lists_every_op_and_where_it_runs_natively():
               if re.search(rf"extension {ext}: loaded", out) for op in ops}
     assert native, out                              # this machine has a compiler: the CPU kernel builds
     assert on == {op: native.get(op, "none") for op in SCHEMAS}, on
+    assert "cpu decode activations: int16 " in out
+    _, out8 = _doctor_native_column({"HFQ_NO_EXTENSIONS": "", "HFQ_CPU_ACTIVATIONS": "int8"})
+    assert "cpu decode activations: int8 " in out8
 
 
 def test_card_escapes_metadata(tiny_llama_dir, tmp_path):

@@ -43,6 +43,7 @@ struct Acts {
   int16_t* q;            // [m, chunks, 64]
   float* d;              // [m, chunks]
   float* s16;            // [m, ceil(k/16)]
+  bool int8;             // k-quants: int8 per 256 columns, as llama.cpp (opt-in, HFQ_CPU_ACTIVATIONS=int8)
 };
 
 struct Kernels {

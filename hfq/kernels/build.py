@@ -31,7 +31,7 @@ MAX_JOBS = "2"   # ninja's default (all cores) can exceed a container's process 
 # extension name -> (sources under extensions/, ops it registers, device)
 EXTENSIONS = {
     "cpu": (["cpu/ops_cpu.cpp", "cpu/kern_scalar.cpp", "cpu/kern_avx2.cpp", "cpu/kern_avx512.cpp",
-             "cpu/kern_avx512_dequant.cpp", "cpu/ggml_quant.cpp", "cpu/qlinear.h", "cpu/decode.h",
+             "cpu/kern_avx512_dequant.cpp", "cpu/kern_avx512_k8.cpp", "cpu/ggml_quant.cpp", "cpu/qlinear.h", "cpu/decode.h",
              "cpu/avx512_rows.h", "cpu/avx512_parts.h", "cpu/ggml_blocks.h"],
             ("dequantize_int", "dequantize_4bit", "dequantize_8bit_blockwise", "linear_int", "linear_4bit",
              "dequantize_ggml", "linear_ggml", "quantize_ggml", "embedding_int", "embedding_ggml"), "cpu"),
@@ -110,6 +110,11 @@ def status() -> dict[str, str]:
 def cpu_isa() -> str | None:
     """The instruction set the CPU kernels use ('avx512', 'avx2' or 'scalar'), or None when they are not loaded."""
     return torch.ops.hfq_cpu.isa() if _state.get("cpu") == "loaded" else None
+
+
+def cpu_activations() -> str | None:
+    """How the CPU GEMV quantizes x ('int16', or 'int8' for k-quants under HFQ_CPU_ACTIVATIONS=int8), or None."""
+    return torch.ops.hfq_cpu.activations() if _state.get("cpu") == "loaded" else None
 
 
 def _write_log(name: str, text: str) -> Path | None:

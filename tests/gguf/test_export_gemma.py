@@ -71,17 +71,16 @@ def test_llama_cpp_tokenizes_like_transformers_and_generates(gemma):
 
 
 def test_transformers_loads_export_and_llama_cpp_stays_within_engine_bounds(gemma, tmp_path):
-    """transformers' GGUF loader runs the export with the hfq model's logits (the quantized token embedding set
-    from the file on both sides), within hfq's kernel rounding (tests/helpers.py). llama.cpp's logits on the same file differ from transformers' only by what the
-    engines differ by anyway (8-bit activations in llama.cpp's dot products): KL <= 0.025 at Q4_K_M."""
+    """transformers' GGUF loader runs the export with the hfq model's logits (both sides hold the mix's quantized
+    token embedding, hfq's packed, transformers' dequantized from the file), within hfq's kernel rounding
+    (tests/helpers.py). llama.cpp's logits on the same file differ from transformers' only by what the engines
+    differ by anyway (8-bit activations in llama.cpp's dot products): KL <= 0.025 at Q4_K_M."""
     from transformers import AutoModelForCausalLM
 
     model = _hfq_model(gemma["dir"], "Q4_K_M")
     path = hfq.export_gguf(model, gemma["tok"], tmp_path / "g.gguf", progress=False)[0]
     emb = next(t for t in gguf.GGUFReader(path).tensors if t.name == "token_embd.weight")
-    with torch.no_grad():
-        model.model.embed_tokens.weight.copy_(torch.from_numpy(
-            gguf.quants.dequantize(np.array(emb.data), emb.tensor_type).copy()))
+    assert emb.tensor_type.name == model.model.embed_tokens.ggml_type, "the export rewrote the stored table"
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="g.gguf", dtype=torch.float32).eval()
     ids = gemma["tok"](PARAGRAPH, return_tensors="pt")["input_ids"]
     with torch.no_grad():

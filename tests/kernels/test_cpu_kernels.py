@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cpu_oracle import bnb_dense, ggml_dense, int_dense, linear_bound
+from cpu_oracle import act_block, bnb_dense, ggml_dense, int_dense, linear_bound
 from hfq.algorithms import quantize_layer_weight
 from hfq.algorithms.ggml_quant import quantize_rows
 from hfq.formats.codebooks import codebook
@@ -143,7 +143,7 @@ def test_dequantize_int_act_order_equals_naive_loop(isa):
 
 # ---- linear: within the stated bound ----
 
-def _check_linear(run, w_dense, in_f, rows, dtype, lut_step=None, seed=0):
+def _check_linear(run, w_dense, in_f, rows, dtype, lut_step=None, seed=0, block=(64, 32767), codes_offset=False):
     g = torch.Generator().manual_seed(seed)
     for m in rows:
         x = (torch.randn(m, in_f, generator=g) * torch.logspace(-2, 1, in_f)[torch.randperm(in_f, generator=g)])
@@ -151,7 +151,7 @@ def _check_linear(run, w_dense, in_f, rows, dtype, lut_step=None, seed=0):
         y = run(x)
         assert y.dtype == dtype and y.shape == (m, w_dense.shape[0])
         err = (y.double() - x.double() @ w_dense.double().T).abs()
-        bound = linear_bound(w_dense, x, prefill=m > 16, lut_step=lut_step)
+        bound = linear_bound(w_dense, x, prefill=m > 16, lut_step=lut_step, block=block, codes_offset=codes_offset)
         assert (err <= bound).all(), f"rows {m} {dtype}: worst err/bound {(err / bound).max().item():.3g}"
 
 
@@ -165,7 +165,7 @@ def test_linear_int_within_bound(isa, dtype, bits):
             weight, scales, zeros = _int_case(bits, gs, sym, 37, in_f, seed=bits + in_f)
             dense = int_dense(weight, scales, zeros, bits)
             _check_linear(lambda x: ops.linear_int(x, weight, scales, zeros, bits, None), dense, in_f,
-                          (1, 3, 17), dtype)
+                          (1, 3, 17), dtype, block=act_block("int", gs, in_f))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -183,16 +183,32 @@ def test_linear_4bit_within_bound(isa, dtype, qtype, shape, blocksize):
                   shape[1], (1, 3, 17), dtype, lut_step=step)
 
 
+@pytest.fixture(params=["int16", "int8"])
+def activations(request, native):
+    before = torch.ops.hfq_cpu.activations()
+    torch.ops.hfq_cpu.set_activations(request.param)
+    yield request.param
+    torch.ops.hfq_cpu.set_activations(before)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("qtype", QUANT_TYPES)
-def test_linear_ggml_within_bound(isa, dtype, qtype):
+def test_linear_ggml_within_bound(isa, activations, dtype, qtype):
     in_f = 512 if TYPES[qtype].block == 256 else 96   # 96: three 32-blocks, a chunk with one block
     g = torch.Generator().manual_seed(6)
     w = torch.randn(29, in_f, generator=g) * torch.logspace(-3, 1, 29).unsqueeze(1)
     w[3] = 0.0   # an all-zero row: its blocks have zero scales
     q = quantize_rows(w, qtype, None)
     dense = ggml_dense(q, qtype)
-    _check_linear(lambda x: ops.linear_ggml(x, q, qtype, in_f, None), dense, in_f, (1, 3, 17), dtype)
+    int8 = activations == "int8" and isa == "avx512"   # the int8 engine exists for AVX-512 only
+    _check_linear(lambda x: ops.linear_ggml(x, q, qtype, in_f, None), dense, in_f, (1, 3, 17), dtype,
+                  block=act_block(qtype, in_features=in_f, int8=int8), codes_offset=int8 and qtype.endswith("_K"))
+
+
+def test_activation_modes_are_named_and_checked(native):
+    assert torch.ops.hfq_cpu.activations() in ("int16", "int8")
+    with pytest.raises(RuntimeError, match="int16, int8"):
+        torch.ops.hfq_cpu.set_activations("int4")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

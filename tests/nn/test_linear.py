@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from cpu_oracle import bnb_dense, int_dense, linear_bound
+from cpu_oracle import act_block, bnb_dense, int_dense, linear_bound
 
 from hfq.algorithms import quantize_layer_weight
 from hfq.formats.codebooks import codebook
@@ -43,7 +43,8 @@ def test_forward_matches_an_independent_decode(layout, bits, gs, sym, dq, dtype)
         if layout in ("nf4", "fp4"):
             blk = lin.absmax_float().repeat_interleave(gs)[: 24 * 64].reshape(24, 64)
             step = blk * codebook(layout).abs().max() * 0.5 / 16383
-        bound = linear_bound(dense, x, prefill=2 * m > 16, lut_step=step) + b.double().abs() * 2.0 ** -7
+        block = act_block(layout, gs, 64)
+        bound = linear_bound(dense, x, prefill=2 * m > 16, lut_step=step, block=block) + b.double().abs() * 2.0 ** -7
         assert ((y.double() - ref).abs() <= bound).all()
     # and the dequantized weight is close to the float one
     err = (lin.dequantize_weight() - w).pow(2).mean() / w.pow(2).mean()
