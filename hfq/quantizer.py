@@ -3,6 +3,7 @@ calls here. Checked against transformers 5.23 (see README, 'How loading works').
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 
@@ -83,6 +84,7 @@ class HfqQuantizer(HfQuantizer):
             return upload(working_dir, repo_id, *args, **kw)
 
         model._upload_modified_files = upload_with_card
+        _enable_peft()
         if cfg.method not in CALIBRATED or self.pre_quantized:
             tie_quantized_head(model, self.embedding_types)
             _prepare_layers(model)
@@ -130,7 +132,9 @@ class HfqQuantizer(HfQuantizer):
 
     @property
     def is_trainable(self) -> bool:
-        return False
+        # Adapters (QLoRA) train on every layout: the linear ops have an autograd formula for x, and the packed
+        # weights stay frozen. Training the packed weights themselves (QAT) is not supported.
+        return True
 
     def _dequantize(self, model, dtype=None):
         if isinstance(dtype, str):  # config.dtype is a string after save_pretrained
@@ -145,6 +149,14 @@ def _prepare_layers(model) -> None:
     for m in model.modules():
         if isinstance(m, HfqLinear):
             m.prepare()
+
+
+def _enable_peft() -> None:
+    """Route peft's LoRA to hfq's layer (hfq/lora.py) when peft is installed, so QLoRA needs no extra call."""
+    if importlib.util.find_spec("peft") is not None:
+        from .lora import enable
+
+        enable()
 
 
 def register() -> None:
