@@ -49,7 +49,7 @@ class HfqQuantizer(HfQuantizer):
 
     def _replace_layers(self, model, cfg, skip) -> None:
         if cfg.layout != "gguf":
-            replace_with_hfq_linear(model, cfg, skip)
+            replace_with_hfq_linear(model, cfg, skip, pre_quantized=self.pre_quantized)
             return
         layers = convertible_linears(model, skip)
         if self.pre_quantized:
@@ -69,7 +69,8 @@ class HfqQuantizer(HfQuantizer):
                 raise ValueError(f"importance has no vector for {len(missing)} layer(s), e.g. {missing[:3]}; collect "
                                  "it on this model (hfq importance) so every quantized layer is covered.")
         cfg.tensor_types = {n: types.get(n, "F16") for n in layers}
-        replace_with_hfq_linear(model, cfg, skip, ggml_types=cfg.tensor_types, importance=importance)
+        replace_with_hfq_linear(model, cfg, skip, ggml_types=cfg.tensor_types, importance=importance,
+                                pre_quantized=self.pre_quantized)
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         cfg = self.quantization_config
