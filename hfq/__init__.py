@@ -1,6 +1,7 @@
 """hfq: quantize Hugging Face causal LMs to 2-8 bits from one API. `import hfq` registers it with transformers.
 
-Publishing (hfq.make_card, hfq.push_variants, hfq.publish) is imported on first use, not by `import hfq`."""
+Publishing (hfq.make_card, hfq.push_variants, hfq.publish) is imported on first use, not by `import hfq`.
+hfq.local_model("gemma-3-270m") is the embedded model's local float folder (built once)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .quantizer import HfqQuantizer, register
 
 register()
 
+from .embedded import local_model  # noqa: E402
 from .evaluation import evaluate  # noqa: E402
 from .gguf.export import export_gguf  # noqa: E402
 from .standard import save_standard  # noqa: E402
@@ -25,5 +27,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'hfq' has no attribute {name!r}")
 
 
-__all__ = ["HfqConfig", "HfqQuantizer", "__version__", "evaluate", "export_gguf", "make_card", "push_variants",
-           "register", "save_standard"]
+__all__ = ["HfqConfig", "HfqQuantizer", "__version__", "evaluate", "export_gguf", "local_model", "make_card",
+           "push_variants", "register", "save_standard"]

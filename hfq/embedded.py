@@ -94,5 +94,12 @@ def _clear_offline_flag(path: Path) -> None:
 
 
 def resolve(model: str) -> str:
-    """Map an embedded model name to its local folder; pass anything else (path or Hub id) through."""
-    return str(local_model(model)) if model in EMBEDDED else model
+    """Map an embedded model name to its local folder; pass anything else (path or Hub id) through. A path that
+    cannot be a Hub id (./x, /x, ~/x, a/b/c) and does not exist is named here, not retried on the Hub."""
+    if model in EMBEDDED:
+        return str(local_model(model))
+    looks_local = model.startswith((".", "/", "~", "\\")) or model.count("/") > 1 or "\\" in model
+    if looks_local and not Path(model).expanduser().exists():
+        raise ValueError(f"{model!r} does not exist: no such local folder or file (a Hub id has the form "
+                         f"owner/name; embedded models: {', '.join(EMBEDDED)}).")
+    return str(Path(model).expanduser()) if model.startswith("~") else model

@@ -198,12 +198,12 @@ def peak_rss_mb() -> float | None:
 
 
 def evaluate(model, base=None, *, text: str | None = None, ctx: int = 512, chunks: int | None = 4,
-             threads: int | None = None, progress: bool = True) -> dict:
+             threads: int | None = None, progress: bool = True, speed: bool = True) -> dict:
     """hfq.evaluate: perplexity, KL and top-1 against `base`, speed, and size, as one JSON-ready dict.
 
     model: a folder, Hub id, embedded name ("gemma-3-270m") or .gguf file; base: the same kinds (needed for a
     GGUF file, whose tokenizer it provides). text: evaluation text (default: held-out CPython docs, docs/evaluation.md).
-    chunks: how many ctx-token chunks (None: the whole text)."""
+    chunks: how many ctx-token chunks (None: the whole text). speed=False skips the 32-token decode timing."""
     is_gguf = str(model).endswith(".gguf")
     if base is None and is_gguf:
         raise ValueError("a .gguf file needs --base / base= (the folder or embedded name whose tokenizer and logits "
@@ -218,7 +218,7 @@ def evaluate(model, base=None, *, text: str | None = None, ctx: int = 512, chunk
     m = str(model) if is_gguf else load(model)
     b = load(base) if base is not None else None
     result = {"model": str(model), "base": None if base is None else str(base), "text": source,
-              **measure(m, b, tok, windows, threads, progress)}
+              **measure(m, b, tok, windows, threads, progress, decode_tokens=32 if speed else 0)}
     result["size"] = size(model)
     result["peak_rss_mb"] = peak_rss_mb()
     return result

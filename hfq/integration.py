@@ -42,8 +42,10 @@ def convertible_linears(model: nn.Module, modules_to_not_convert: list[str] | No
 
 def replace_with_hfq_linear(model: nn.Module, config: HfqConfig, modules_to_not_convert: list[str] | None,
                             ggml_types: dict[str, str] | None = None,
-                            importance: dict[str, torch.Tensor] | None = None) -> list[str]:
+                            importance: dict[str, torch.Tensor] | None = None,
+                            pre_quantized: bool = False) -> list[str]:
     """Replace every convertible nn.Linear (on the meta device) with an empty HfqLinear; return their names.
+    pre_quantized: the checkpoint already holds the layouts (only the log line differs).
 
     gguf: ggml_types gives each layer's GGML type (F16 keeps the layer in float); importance, if given, is
     attached to the layers it names for the weighted encoders."""
@@ -74,7 +76,10 @@ def replace_with_hfq_linear(model: nn.Module, config: HfqConfig, modules_to_not_
             f"no nn.Linear layer of {type(model).__name__} was left to quantize with {config.short_name()} "
             f"(modules_to_not_convert={modules_to_not_convert}); check the pattern list."
         )
-    logger.info("hfq: %d linear layers will be quantized with %s", len(replaced), config.short_name())
+    if pre_quantized:
+        logger.info("hfq: loading %d quantized linear layers (%s)", len(replaced), config.short_name())
+    else:
+        logger.info("hfq: %d linear layers will be quantized with %s", len(replaced), config.short_name())
     return replaced
 
 

@@ -3,6 +3,7 @@ calls here. Checked against transformers 5.23 (see README, 'How loading works').
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 
@@ -48,7 +49,7 @@ class HfqQuantizer(HfQuantizer):
 
     def _replace_layers(self, model, cfg, skip) -> None:
         if cfg.layout != "gguf":
-            replace_with_hfq_linear(model, cfg, skip)
+            replace_with_hfq_linear(model, cfg, skip, pre_quantized=self.pre_quantized)
             return
         layers = convertible_linears(model, skip)
         if self.pre_quantized:
@@ -68,7 +69,8 @@ class HfqQuantizer(HfQuantizer):
                 raise ValueError(f"importance has no vector for {len(missing)} layer(s), e.g. {missing[:3]}; collect "
                                  "it on this model (hfq importance) so every quantized layer is covered.")
         cfg.tensor_types = {n: types.get(n, "F16") for n in layers}
-        replace_with_hfq_linear(model, cfg, skip, ggml_types=cfg.tensor_types, importance=importance)
+        replace_with_hfq_linear(model, cfg, skip, ggml_types=cfg.tensor_types, importance=importance,
+                                pre_quantized=self.pre_quantized)
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         cfg = self.quantization_config
@@ -83,6 +85,7 @@ class HfqQuantizer(HfQuantizer):
             return upload(working_dir, repo_id, *args, **kw)
 
         model._upload_modified_files = upload_with_card
+        _enable_peft()
         if cfg.method not in CALIBRATED or self.pre_quantized:
             tie_quantized_head(model, self.embedding_types)
             _prepare_layers(model)
@@ -130,7 +133,9 @@ class HfqQuantizer(HfQuantizer):
 
     @property
     def is_trainable(self) -> bool:
-        return False
+        # Adapters (QLoRA) train on every layout: the linear ops have an autograd formula for x, and the packed
+        # weights stay frozen. Training the packed weights themselves (QAT) is not supported.
+        return True
 
     def _dequantize(self, model, dtype=None):
         if isinstance(dtype, str):  # config.dtype is a string after save_pretrained
@@ -145,6 +150,14 @@ def _prepare_layers(model) -> None:
     for m in model.modules():
         if isinstance(m, HfqLinear):
             m.prepare()
+
+
+def _enable_peft() -> None:
+    """Route peft's LoRA to hfq's layer (hfq/lora.py) when peft is installed, so QLoRA needs no extra call."""
+    if importlib.util.find_spec("peft") is not None:
+        from .lora import enable
+
+        enable()
 
 
 def register() -> None:

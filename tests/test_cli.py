@@ -33,7 +33,9 @@ def test_quantize_then_info(tiny_llama_dir, tmp_path, capsys):
     for k in sd_api:
         assert sd_api[k].dtype == sd_cli[k].dtype and torch.equal(sd_api[k], sd_cli[k]), k
     card = ModelCard.load(out / "README.md")
-    assert card.data.base_model == str(tiny_llama_dir) and card.data.base_model_relation == "quantized"
+    # a local base is no Hub id: no base_model in the front matter, the body names the folder
+    assert card.data.base_model is None and card.data.base_model_relation == "quantized"
+    assert str(tiny_llama_dir) not in card.content and tiny_llama_dir.name in card.text
     assert "import hfq" in card.text and "rtn-int4-g32-asym" in card.text
     capsys.readouterr()
     assert main(["info", str(out), "--json"]) == 0

@@ -92,3 +92,21 @@ def test_bad_inputs_are_named(tmp_path):
         score(str(tmp_path / "x.gguf"), [torch.zeros(1, 8, dtype=torch.long)])
     with pytest.raises(ValueError, match="no evaluation windows"):
         score("x.gguf", [])
+
+
+def test_eval_no_speed_skips_the_decode_timing(export_dir, tmp_path, capsys):
+    import json
+
+    from hfq.cli import main
+
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 20, encoding="utf-8")
+    runs = {}
+    for flag in ([], ["--no-speed"]):
+        out = tmp_path / f"r{len(flag)}.json"
+        assert main(["eval", str(export_dir("llama")), "--text", str(text), "--ctx", "16", "--chunks", "2",
+                     "--json", str(out), *flag]) == 0
+        runs[bool(flag)] = (json.loads(out.read_text()), capsys.readouterr().out)
+    assert runs[False][0]["decode_tokens_per_s"] > 0 and "decode" in runs[False][1]
+    assert "decode_tokens_per_s" not in runs[True][0] and "decode" not in runs[True][1]
+    assert runs[True][0]["ppl"] == runs[False][0]["ppl"]

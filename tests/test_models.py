@@ -21,6 +21,7 @@ def gemma(gemma_dir):
 
 def test_embedded_model_is_reused(gemma_dir):
     assert resolve("gemma-3-270m") == str(gemma_dir)
+    assert hfq.local_model("gemma-3-270m") == gemma_dir   # the documented spelling (README's Python example)
     assert (gemma_dir / "model.safetensors").stat().st_size > 1_000_000_000  # float32 weights
     assert resolve("some/hub-id") == "some/hub-id"
 

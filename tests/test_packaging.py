@@ -17,8 +17,8 @@ LAYER = {
     "_version": 1, "_resources": 1, "config": 1, "formats": 1, "architectures": 1, "atomic": 1,
     "kernels": 2,                                   # torch.ops.hfq.* schemas, reference bodies, native builds
     "nn": 3, "algorithms": 3,                       # HfqLinear; what chooses codes and scales
-    # 4: model surgery, checkpoints, GGUF export, standard formats, evaluation, the embedded model
-    "integration": 4, "checkpoint": 4, "gguf": 4, "standard": 4, "evaluation": 4, "embedded": 4,
+    # 4: model surgery, checkpoints, GGUF export, standard formats, evaluation, the embedded model, peft's LoRA layer
+    "integration": 4, "checkpoint": 4, "gguf": 4, "standard": 4, "evaluation": 4, "embedded": 4, "lora": 4,
     "quantizer": 5, "publish": 5,                   # transformers' hooks; variants, cards, Hub, demo
     "cli": 6,
     "__init__": 7,

@@ -15,6 +15,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--ctx", type=int, default=512, help="context per chunk (default 512)")
     e.add_argument("--chunks", type=int, default=4, help="number of chunks (default 4; 0 = the whole text)")
     e.add_argument("--threads", type=int, help="threads for GGUF files in llama.cpp")
+    e.add_argument("--no-speed", action="store_true", help="skip the decode timing (32 greedy tokens)")
     e.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     e.set_defaults(handler=_cmd_eval)
 
@@ -23,7 +24,8 @@ def _cmd_eval(args) -> int:
     from ..evaluation import evaluate
 
     text = Path(args.text).read_text(encoding="utf-8") if args.text else None
-    result = evaluate(args.model, args.base, text=text, ctx=args.ctx, chunks=args.chunks or None, threads=args.threads)
+    result = evaluate(args.model, args.base, text=text, ctx=args.ctx, chunks=args.chunks or None, threads=args.threads,
+                      speed=not args.no_speed)
     if args.text:
         result["text"] = args.text
     if args.json:

@@ -67,6 +67,7 @@ def _cmd_quantize(args) -> int:
     from ..config import HfqConfig
     from ..embedded import resolve
     from ..publish.cards import render_card
+    from ..publish.push import base_card_info
 
     if (args.importance or args.calibration) and args.method != "gguf":
         raise ValueError("--importance and --calibration apply to --method gguf only.")
@@ -101,7 +102,8 @@ def _cmd_quantize(args) -> int:
         info = describe(tmp)
         info["path"] = str(tmp)
         command = "hfq " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "hfq quantize"
-        (tmp / "README.md").write_text(render_card(info, args.model, command, str(out)))
+        base_id, lic, name = base_card_info(args.model)   # a local folder is no Hub id: no base_model
+        (tmp / "README.md").write_text(render_card(info, base_id, command, str(out), license=lic, base_name=name))
     info = describe(out)
     print(f"saved {out}: {info['layers_quantized']} layers, {info['quantized_bpw']:.3f} bpw in quantized layers, "
           f"{info['bytes_on_disk'] / 1e6:.1f} MB")

@@ -1,4 +1,5 @@
-"""Every hfq op: one schema and one fake (shape/dtype) function each. Native kernels add device impls only.
+"""Every hfq op: one schema and one fake (shape/dtype) function each, and the autograd formula of the linear ops.
+Native kernels add device impls only.
 
 Ops (meaning of the tensors in hfq.formats.layouts):
   dequantize_int(weight, scales, zeros?, bits, dtype, g_idx?)          -> [out, in]   (g_idx: act-order groups)
@@ -141,6 +142,46 @@ def _(weight, qtype, in_features, ids, dtype):
     torch._check(weight.dtype == torch.uint8, lambda: f"weight must be uint8, got {weight.dtype}")
     torch._check(not ids.is_floating_point(), lambda: f"ids must be integers, got {ids.dtype}")
     return weight.new_empty((*ids.shape, in_features), dtype=dtype)
+
+
+# ---- autograd: x (and a bias that asks for it) get gradients; the packed weight and its scales never do ----
+# d/dx (x @ W.T + b) = grad @ W, with W decoded by the matching dequantize op in grad's dtype, so the backward runs
+# on whichever kernel serves the device. Each entry: (index of bias, W from the op's inputs).
+_LINEAR_BACKWARD = {
+    "linear_int": (5, lambda a, dtype: op("dequantize_int")(a[1], a[2], a[3], a[4], dtype, a[6])),
+    "linear_4bit": (5, lambda a, dtype: op("dequantize_4bit")(a[1], a[2], a[3], a[4], dtype)),
+    "linear_ggml": (4, lambda a, dtype: op("dequantize_ggml")(a[1], a[2], a[3], dtype)),
+}
+
+
+def _setup_context(ctx, inputs, output):
+    tensors = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor)]
+    ctx.tensor_at = tensors
+    ctx.others = [None if isinstance(a, torch.Tensor) else a for a in inputs]
+    ctx.save_for_backward(*(inputs[i] for i in tensors))
+
+
+def _linear_backward(name):
+    bias_at, weight_of = _LINEAR_BACKWARD[name]
+
+    def backward(ctx, grad):
+        args = list(ctx.others)
+        for i, t in zip(ctx.tensor_at, ctx.saved_tensors):
+            args[i] = t
+        grads = [None] * len(args)
+        if ctx.needs_input_grad[0]:
+            grads[0] = (grad @ weight_of(args, grad.dtype)).to(args[0].dtype)
+        bias = args[bias_at]
+        if bias is not None and ctx.needs_input_grad[bias_at]:
+            grads[bias_at] = grad.reshape(-1, grad.shape[-1]).sum(0).to(bias.dtype)
+        return tuple(grads)
+
+    return backward
+
+
+if _FIRST_TIME:
+    for _name in _LINEAR_BACKWARD:
+        torch.library.register_autograd(f"{NAMESPACE}::{_name}", _linear_backward(_name), setup_context=_setup_context)
 
 
 def op(name: str):

@@ -141,6 +141,9 @@ def make_gguf_card(folder: str | Path, files: list[tuple[str, dict]], *, command
     return ModelCard.from_template(data, template_str=template, c=c)
 
 
-def render_card(info: dict, base_model: str, command: str, repo_or_path: str, license: str | None = None) -> str:
-    """The README.md text for a folder written by `hfq quantize` (no evaluation)."""
-    return str(make_card(info, command=command, base_model=base_model, license=license, repo_id=repo_or_path))
+def render_card(info: dict, base_model: str | None, command: str, repo_or_path: str, license: str | None = None,
+                base_name: str | None = None) -> str:
+    """The README.md text for a folder written by `hfq quantize` (no evaluation). base_model: a Hub id, or None
+    for a local base (then base_name names it)."""
+    return str(make_card(info, command=command, base_model=base_model, base_name=base_name, license=license,
+                         repo_id=repo_or_path))

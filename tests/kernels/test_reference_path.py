@@ -16,7 +16,8 @@ def test_layer_op_and_load_tests_pass_on_the_reference_path():
         pytest.skip("already running on the reference path")
     env = dict(os.environ, HFQ_NO_EXTENSIONS="1")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
-                        "tests/nn", "tests/kernels/test_ops.py", "tests/test_quantizer.py"],
+                        "tests/nn", "tests/kernels/test_ops.py", "tests/kernels/test_autograd.py",
+                        "tests/test_quantizer.py"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     tail = "\n".join(r.stdout.splitlines()[-15:])
     assert r.returncode == 0, tail
