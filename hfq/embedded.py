@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from .atomic import atomic_dir, atomic_file, write_text
+from .checkpoint import check_source
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +65,10 @@ def local_model(name: str = "gemma-3-270m") -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(
-        src.parent, gguf_file=src.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+        src.parent, gguf_file=src.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32,
+        trust_remote_code=False,
     )
     # Gemma-3 ends chat turns with <end_of_turn> (106); the GGUF only names <eos> (1).
     model.generation_config.eos_token_id = [1, 106]
@@ -95,4 +97,4 @@ def _clear_offline_flag(path: Path) -> None:
 
 def resolve(model: str) -> str:
     """Map an embedded model name to its local folder; pass anything else (path or Hub id) through."""
-    return str(local_model(model)) if model in EMBEDDED else model
+    return str(local_model(model)) if model in EMBEDDED else check_source(model)
