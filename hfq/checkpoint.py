@@ -78,6 +78,13 @@ def check_source(model: str) -> str:
                 raise ValueError(f"{f} has an auto_map: the model needs its own Python code, and hfq never runs "
                                  "code from a checkpoint (trust_remote_code=False). Use a model transformers "
                                  "supports natively.")
+            qc = cfg.get("quantization_config") if name == "config.json" else None
+            if qc is not None:   # an hfq checkpoint's settings, checked before transformers reads them
+                if not isinstance(qc, dict) or not isinstance(qc.get("quant_method"), str):
+                    raise ValueError(f"{f}: quantization_config has no quant_method; restore config.json from the "
+                                     "original folder or re-quantize.")
+                if qc["quant_method"] == "hfq":
+                    hfq_config(p, qc)
     if not list(p.glob("*.safetensors")) and any(next(p.glob(g), None) for g in _PICKLES):
         raise ValueError(f"{p} holds only pickle weights (.bin/.pt); hfq loads safetensors only, never pickle. "
                          "Convert it to safetensors with a tool you trust.")

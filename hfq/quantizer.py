@@ -89,9 +89,9 @@ class HfqQuantizer(HfQuantizer):
 
         model._upload_modified_files = upload_with_card
         if cfg.method not in CALIBRATED or self.pre_quantized:
-            if self.pre_quantized:
-                check_model_data(model, cfg)
             tie_quantized_head(model, self.embedding_types)
+            if self.pre_quantized:   # after tying: the tied head's tensors are the embedding's
+                check_model_data(model, cfg)
             _prepare_layers(model)
             return model
 
@@ -165,3 +165,24 @@ def register() -> None:
     if AUTO_QUANTIZER_MAPPING.get(QUANT_METHOD) is not HfqQuantizer:
         AUTO_QUANTIZER_MAPPING.pop(QUANT_METHOD, None)
         register_quantizer(QUANT_METHOD)(HfqQuantizer)
+
+
+def verify_model_structure(folder) -> int:
+    """What a load of an hfq checkpoint checks before reading weights (hfq.verify.verify_loading), without loading
+    them: the model is built from config.json on the meta device. Returns the number of quantized layers."""
+    from pathlib import Path
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .checkpoint import hfq_config, weight_files
+
+    folder = Path(folder)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    cfg = hfq_config(folder, config.quantization_config if isinstance(config.quantization_config, dict)
+                     else config.quantization_config.to_dict())
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    quantizer = HfqQuantizer(cfg, pre_quantized=True)
+    quantizer.preprocess_model(model, dtype=model.dtype, device_map=None,
+                               checkpoint_files=[str(f) for f in weight_files(folder)], use_kernels=False)
+    return sum(isinstance(m, HfqLinear) for m in model.modules())

@@ -34,6 +34,7 @@ _TORCH_DTYPE = {torch.uint8: "U8", torch.int8: "I8", torch.float16: "F16", torch
 # Byte offsets of the float16 scale fields inside one block of each GGML type (ggml-common.h).
 GGML_HALF_FIELDS = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
                     "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}
 _CARD_LINE = re.compile(r"^- `([^`]+)` sha256 `([0-9a-f]{64})`$", re.M)
 
 
@@ -241,6 +242,7 @@ def verify_checkpoint(folder: str | Path) -> dict:
         tensors = verify_headers(folder, cfg, config, files)
         check_data_files(folder, cfg, tensors)
         report["layers"] = len({k.rsplit(".", 1)[0] for k in tensors if k.rsplit(".", 1)[1] in LAYOUT_TENSORS})
+        report["hfq"] = True
     else:
         for f in files:
             read_safetensors_header(f)
@@ -278,8 +280,15 @@ def verify_loading(model: torch.nn.Module, cfg: HfqConfig, checkpoint_files, tie
                     "quantization_config would load it as a float layer", "restore config.json")
     patterns = [re.compile(p) for p in ignore]
     tied = set(tied_keys)
-    for key in model.state_dict(keep_vars=True):
-        if key not in tensors and key not in tied and not any(p.search(key) for p in patterns):
-            raise _fail(f"{folder}", f"tensor {key!r} is missing from the checkpoint (it would load as "
-                        "uninitialized memory)")
+    for key, t in model.state_dict(keep_vars=True).items():
+        if key not in tensors:
+            if key not in tied and not any(p.search(key) for p in patterns):
+                raise _fail(f"{folder}", f"tensor {key!r} is missing from the checkpoint (it would load as "
+                            "uninitialized memory)")
+            continue
+        f, entry = tensors[key]
+        stored_float = entry["dtype"] in _FLOAT_DTYPES
+        if tuple(entry["shape"]) != tuple(t.shape) or stored_float != t.is_floating_point():
+            raise _fail(f"{f.name}: tensor {key!r}", f"is {entry['dtype']} {entry['shape']}, the model needs "
+                        f"{'a float' if t.is_floating_point() else 'an integer'} tensor of shape {list(t.shape)}")
     verify_files(folder, [f.name for f in files])

@@ -1,9 +1,9 @@
-"""Load corruption-corpus cases one after another in this process and print one JSON line per case:
+"""Load corruption-corpus cases (through hfq.evaluation.load) one after another in this process and print one JSON line per case:
     python corpus_runner.py CASES.json START
 CASES.json: [[clean checkpoint folder, case folder], ...]; cases before START are skipped.
 outcome: "same" (loads, logits equal the clean checkpoint's), "garbage" (loads, logits differ or are not finite),
 "hfq-error" (a ValueError raised by hfq's own code), "other-error" (anything else). `verify` is the outcome of
-hfq.verify.verify_checkpoint (what `hfq info` and `hfq verify` run) on the same folder. A crash ends the process;
+hfq.cli.verify.verify_path (what `hfq info` and `hfq verify` run) on the same folder. A crash ends the process;
 the parent counts the case it was on and starts a new process after it."""
 import json
 import logging
@@ -15,7 +15,8 @@ import torch
 import transformers
 
 import hfq  # noqa: F401  (registers the quantizer)
-from hfq.verify import verify_checkpoint
+from hfq.evaluation import load
+from hfq.cli.verify import verify_path
 
 transformers.logging.set_verbosity_error()
 logging.disable(logging.WARNING)
@@ -31,7 +32,7 @@ def classify(e: BaseException) -> str:
 
 
 def logits(folder):
-    m = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False, use_safetensors=True)
+    m = load(folder)   # hfq.evaluate's loader: the path every CLI command takes (check_source, then from_pretrained)
     with torch.no_grad():
         return m(IDS).logits
 
@@ -58,7 +59,7 @@ def main():
                 rec["where"] = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in
                                            traceback.extract_tb(e.__traceback__)[-3:])
         try:
-            verify_checkpoint(case)
+            verify_path(case)
             rec["verify"] = "ok"
         except Exception as e:   # noqa: BLE001
             rec["verify"] = classify(e)

@@ -23,7 +23,7 @@ VARIANTS = {
     "nf4-dq": ("tiny", ["--method", "nf4", "--double-quant"]),
     "fp4": ("tiny", ["--method", "fp4"]),
     "gguf-q4_0": ("tiny", ["--method", "gguf", "--quant-type", "Q4_0"]),
-    "rtn-tied-int8": ("tied", ["--method", "rtn", "--embeddings", "int8"]),
+    "rtn-tied-int8": ("tied", ["--method", "rtn", "--group-size", "32", "--embeddings", "int8"]),
     "rtn-int8-pc": ("tiny", ["--method", "rtn", "--bits", "8", "--group-size", "-1"]),
 }
 SCALE = int(os.environ.get("HFQ_CORPUS_SCALE", "1"))

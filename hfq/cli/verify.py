@@ -25,9 +25,16 @@ def verify_path(path: str) -> dict:
         return {"path": str(p), "files": 1, "layers": None, "sha256_checked": 0}
     if not p.is_dir():
         raise ValueError(f"{path} is neither a checkpoint folder nor a .gguf file.")
+    from ..checkpoint import check_source
     from ..verify import verify_checkpoint
 
-    return verify_checkpoint(p)
+    check_source(str(p))   # what every command checks first: no remote code, a valid quantization_config
+    report = verify_checkpoint(p)
+    if report.pop("hfq", False):   # the model built from config.json must match the files too, as on load
+        from ..quantizer import verify_model_structure
+
+        verify_model_structure(p)
+    return report
 
 
 def _cmd_verify(args) -> int:

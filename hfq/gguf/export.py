@@ -32,6 +32,7 @@ from ..formats.ggml_layout import PACK
 from ..formats.ggml_types import FILE_TYPES, ggml_type
 from ..nn import HfqEmbedding, HfqLinear
 from . import mixes
+from .check import check_gguf  # noqa: F401  (hfq.gguf.export.check_gguf is imported from here)
 from .metadata import add_hparams, gguf_arch
 from .names import tensor_name_map
 from .vocab import add_tokenizer
@@ -281,21 +282,3 @@ def _write(model, tokenizer, path: Path, plan, file_type, ftype_id, name, split_
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def check_gguf(path: str | os.PathLike) -> gguf.GGUFReader:
-    """Open a GGUF file with gguf-py, turning a truncated or corrupt file into a ValueError that names it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"GGUF file {str(path)!r} does not exist.")
-    try:
-        r = gguf.GGUFReader(path)
-    except Exception as e:   # gguf-py raises ValueError, IndexError or struct/numpy errors on bad bytes
-        raise ValueError(f"{path} is truncated or corrupt: gguf-py cannot read it ({type(e).__name__}: {e}); "
-                         "re-export or re-download it.") from None
-    size = path.stat().st_size
-    for t in r.tensors:
-        if t.data_offset + t.n_bytes > size:
-            raise ValueError(f"{path} is truncated: tensor {t.name} ends at byte {t.data_offset + t.n_bytes}, the "
-                             f"file has {size}; re-export or re-download it.")
-    return r
