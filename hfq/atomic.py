@@ -185,6 +185,9 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     finally:
+        # unlinked while still held: a process that opened this inode meanwhile sees it unlinked once it gets
+        # the lock and retries on the path (filelock checks st_nlink), so no lock file stays behind
+        lock_path(path).unlink(missing_ok=True)
         lock.release()
 
 

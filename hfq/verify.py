@@ -77,7 +77,8 @@ def expected_tensors(cfg: HfqConfig, layers: dict[str, list[int]]) -> dict[str, 
 
 
 def verify_headers(folder: str | Path, cfg: HfqConfig, config: dict, files: list[Path] | None = None) -> dict:
-    """Check the shards' tensors and metadata against cfg (see the module doc). Returns {key: (file, entry)}."""
+    """Check the shards' tensors and metadata against cfg (see the module doc). Returns {key: (file, entry)} of
+    every tensor, and hfq_layers ({layer: [out, in]})."""
     folder = Path(folder)
     files = files or weight_files(folder)
     tensors, layers, types = {}, {}, {}
@@ -114,10 +115,10 @@ def verify_headers(folder: str | Path, cfg: HfqConfig, config: dict, files: list
                         f"{dtype} {list(shape)}")
     for key in tensors:
         layer, _, t = key.rpartition(".")
-        if layer in layers and t in LAYOUT_TENSORS and key not in expected:
+        if layer in layers and layer != tied and t in LAYOUT_TENSORS and key not in expected:
             raise _fail(f"{tensors[key][0].name}: tensor {key!r}", f"is not part of layer {layer!r}'s layout "
                         f"({cfg.short_name()})", "remove it or restore config.json")
-    return tensors
+    return tensors, layers
 
 
 def _tied_head(config: dict, cfg: HfqConfig, layers: dict, tensors: dict) -> str | None:
@@ -171,14 +172,14 @@ def check_model_data(model: torch.nn.Module, cfg: HfqConfig) -> None:
             check_layer_data(name, {t: getattr(m, t) for t in m.layout_names}, kw)
 
 
-def check_data_files(folder: str | Path, cfg: HfqConfig, tensors: dict) -> None:
-    """check_layer_data for every layer, reading its tensors from the files (hfq info / hfq verify)."""
+def check_data_files(folder: str | Path, cfg: HfqConfig, tensors: dict, quantized: dict) -> None:
+    """check_layer_data for every quantized layer, reading its tensors from the files (hfq info / hfq verify)."""
     from safetensors import safe_open
 
     layers = {}
     for key, (f, _) in tensors.items():
         layer, _, t = key.rpartition(".")
-        if t in LAYOUT_TENSORS:
+        if t in LAYOUT_TENSORS and layer in quantized:
             layers.setdefault(layer, {})[t] = (f, key)
     emb = cfg.embedding_types or {}
     handles = {}
@@ -239,9 +240,9 @@ def verify_checkpoint(folder: str | Path) -> dict:
     report = {"path": str(folder), "files": len(files), "layers": 0, "sha256_checked": 0}
     if qc and qc.get("quant_method") == "hfq":
         cfg = hfq_config(folder, qc)
-        tensors = verify_headers(folder, cfg, config, files)
-        check_data_files(folder, cfg, tensors)
-        report["layers"] = len({k.rsplit(".", 1)[0] for k in tensors if k.rsplit(".", 1)[1] in LAYOUT_TENSORS})
+        tensors, layers = verify_headers(folder, cfg, config, files)
+        check_data_files(folder, cfg, tensors, layers)
+        report["layers"] = len(layers)
         report["hfq"] = True
     else:
         for f in files:
@@ -265,10 +266,7 @@ def verify_loading(model: torch.nn.Module, cfg: HfqConfig, checkpoint_files, tie
         raise ValueError(f"{pickles[0]} is not a .safetensors file; hfq loads safetensors only, never pickle. "
                          "Re-save the checkpoint with `hfq quantize`.")
     folder = files[0].parent
-    tensors = verify_headers(folder, cfg, model.config.to_dict(), files)
-    layers = {}
-    for f in files:
-        layers.update(json.loads(read_safetensors_header(f)[1]["hfq_layers"]))
+    tensors, layers = verify_headers(folder, cfg, model.config.to_dict(), files)
     modules = {n: m for n, m in model.named_modules() if isinstance(m, HfqLinear)}
     for name, m in modules.items():
         if layers.get(name) != [m.out_features, m.in_features]:

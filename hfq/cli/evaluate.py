@@ -25,6 +25,8 @@ def _cmd_eval(args) -> int:
 
     from ..embedded import resolve
 
+    if str(args.model).endswith(".gguf") and args.base is None:
+        raise ValueError("a .gguf file needs --base (the folder or embedded name whose tokenizer and logits to use).")
     checks.at_least(args.chunks, "--chunks", 0, " (0 = the whole text)")
     checks.at_least(args.threads, "--threads")
     checks.writable_file(args.json, "--json")

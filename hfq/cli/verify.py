@@ -17,7 +17,8 @@ def verify_path(path: str) -> dict:
     """verify_checkpoint for a folder, check_gguf for a .gguf file; raises ValueError naming what is wrong."""
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"{path} does not exist; pass an hfq checkpoint folder or a .gguf file.")
+        raise ValueError(f"{path} does not exist, so it has no config.json; pass an hfq checkpoint folder or a "
+                         ".gguf file.")
     if p.is_file() and p.suffix == ".gguf":
         from ..gguf.export import check_gguf
 
