@@ -160,8 +160,9 @@ def _occupied(path: Path) -> bool:
 def refuse_existing(path: str | os.PathLike, overwrite: bool, flag: str = "--out") -> None:
     path = Path(path)
     if not overwrite and _occupied(path):
-        raise OutputExists(f"{flag} {path} exists and is not empty; pass --overwrite to replace it, or choose "
-                           "another path.")
+        fix = "--overwrite" if flag.startswith("--") else "overwrite=True"
+        raise OutputExists(f"{flag} {path} exists and is not empty; pass {fix} to replace it, or choose another "
+                           "path.")
 
 
 def lock_path(path: str | os.PathLike) -> Path:
