@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .config import HfqConfig
 
-_DTYPE_BYTES = {"U8": 1, "I8": 1, "F16": 2, "BF16": 2, "F32": 4, "I32": 4, "I64": 8, "F64": 8, "BOOL": 1}
+_DTYPE_BYTES = {"U8": 1, "I8": 1, "F16": 2, "BF16": 2, "F32": 4, "I32": 4, "I64": 8, "F64": 8, "BOOL": 1,
+               "I16": 2, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 _LAYOUT_TENSORS = {"weight", "scales", "zeros", "absmax", "absmax_scale", "absmax_offset"}
 
 
@@ -27,19 +28,120 @@ def read_safetensors_header(path: Path) -> tuple[dict, dict]:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{path} has a corrupt safetensors header ({e}); re-save it.") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} has a corrupt safetensors header (not a JSON object); re-save it.")
     meta = header.pop("__metadata__", {}) or {}
-    end = max((t["data_offsets"][1] for t in header.values()), default=0)
-    if 8 + n + end > size:
-        raise ValueError(f"{path} is truncated: tensors need {8 + n + end} bytes, the file has {size}; re-save or "
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError(f"{path} has corrupt safetensors metadata (not a string map); re-save it.")
+    spans = []
+    for key, t in header.items():
+        problem = _entry_problem(t)
+        if problem:
+            raise ValueError(f"{path}: tensor {key!r} has a corrupt header entry ({problem}); re-save it.")
+        spans.append((t["data_offsets"][0], t["data_offsets"][1], key))
+    at = 0
+    for begin, end, key in sorted(spans):   # safetensors packs tensors back to back, without gaps or overlaps
+        if begin != at:
+            raise ValueError(f"{path}: tensor {key!r} starts at byte {begin}, expected {at} (edited offsets); "
+                             "re-save it.")
+        at = end
+    if 8 + n + at > size:
+        raise ValueError(f"{path} is truncated: tensors need {8 + n + at} bytes, the file has {size}; re-save or "
                          "re-download it.")
     return header, meta
+
+
+# Every from_pretrained hfq makes: no code from a model folder or repo, and no pickle (transformers refuses a repo
+# without safetensors weights instead of unpickling it). Tokenizers take only the first.
+SAFE_LOAD = {"trust_remote_code": False, "use_safetensors": True}
+NO_REMOTE_CODE = {"trust_remote_code": False}
+_PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_source(model: str) -> str:
+    """Refuse, with the reason, a local model folder hfq must not load: one whose config names its own code
+    (auto_map) or whose weights are pickles only. A path that does not exist is an error, not a Hub id."""
+    p = Path(model).expanduser()
+    if not p.exists():
+        s = str(model)
+        if s.startswith((".", "/", "~")) or s.count("/") > 1 or "\\" in s or p.suffix in (".gguf", ".safetensors"):
+            raise ValueError(f"model path {s} does not exist; pass an existing folder, a Hub id (namespace/name) "
+                             "or an embedded model name.")
+        return model
+    if not p.is_dir():
+        return model
+    for name in ("config.json", "tokenizer_config.json"):
+        f = p / name
+        if f.is_file():
+            cfg = read_config(p) if name == "config.json" else _json_or_empty(f)
+            if cfg.get("auto_map"):
+                raise ValueError(f"{f} has an auto_map: the model needs its own Python code, and hfq never runs "
+                                 "code from a checkpoint (trust_remote_code=False). Use a model transformers "
+                                 "supports natively.")
+            qc = cfg.get("quantization_config") if name == "config.json" else None
+            if qc is not None:   # an hfq checkpoint's settings, checked before transformers reads them
+                if not isinstance(qc, dict) or not isinstance(qc.get("quant_method"), str):
+                    raise ValueError(f"{f}: quantization_config has no quant_method; restore config.json from the "
+                                     "original folder or re-quantize.")
+                if qc["quant_method"] == "hfq":
+                    hfq_config(p, qc)
+    if not list(p.glob("*.safetensors")) and any(next(p.glob(g), None) for g in _PICKLES):
+        raise ValueError(f"{p} holds only pickle weights (.bin/.pt); hfq loads safetensors only, never pickle. "
+                         "Convert it to safetensors with a tool you trust.")
+    return model
+
+
+def _json_or_empty(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore it from the original folder.") from None
+    return d if isinstance(d, dict) else {}
+
+
+def read_config(folder: Path) -> dict:
+    """config.json as a dict; a missing or broken file is an error naming it."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{folder} has no config.json; pass a folder written by save_pretrained or `hfq quantize`.")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore it from the original folder.") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a JSON object; restore it from the original folder.")
+    return config
+
+
+def hfq_config(folder: Path, qc: dict) -> HfqConfig:
+    """config.json's quantization_config as an HfqConfig; an invalid one is an error naming the file."""
+    try:
+        return HfqConfig.from_dict(qc)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"{Path(folder) / 'config.json'}: its quantization_config is not valid ({e}); restore it "
+                         "or re-quantize.") from None
+
+
+def _entry_problem(t) -> str | None:
+    if not isinstance(t, dict) or set(t) != {"dtype", "shape", "data_offsets"}:
+        return "not {dtype, shape, data_offsets}"
+    if t["dtype"] not in _DTYPE_BYTES:
+        return f"unknown dtype {t['dtype']!r}"
+    shape, offs = t["shape"], t["data_offsets"]
+    if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
+        return f"shape {shape!r}"
+    if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs) and 0 <= offs[0] <= offs[1]):
+        return f"data_offsets {offs!r}"
+    if offs[1] - offs[0] != _DTYPE_BYTES[t["dtype"]] * _numel(shape):
+        return f"{offs[1] - offs[0]} bytes for {t['dtype']} {shape}"
+    return None
 
 
 def canonicalize_metadata(folder: str | Path) -> None:
     """Rewrite each safetensors header's __metadata__ with sorted keys, in place. safetensors writes metadata in
     a hash order that changes from process to process, so the same tensors would give a different file (and
     sha256) on every run; sorted, the bytes depend only on the content. The header keeps its length."""
-    for path in _weight_files(Path(folder)):
+    for path in weight_files(Path(folder)):
         with open(path, "r+b") as f:
             (n,) = struct.unpack("<Q", f.read(8))
             raw = f.read(n)
@@ -56,10 +158,16 @@ def canonicalize_metadata(folder: str | Path) -> None:
             f.write(raw.replace(old, new))
 
 
-def _weight_files(folder: Path) -> list[Path]:
+def weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{index} is not a valid shard index ({type(e).__name__}: {e}); re-save or "
+                             "re-download the folder.") from None
+        if not all(isinstance(n, str) and n.endswith(".safetensors") and Path(n).name == n for n in names):
+            raise ValueError(f"{index} names a shard that is not a .safetensors file in the folder; re-save it.")
         missing = [n for n in names if not (folder / n).exists()]
         if missing:
             raise ValueError(f"{folder} is missing shard(s) {missing} listed in {index.name}; re-save or re-download.")
@@ -73,15 +181,12 @@ def _weight_files(folder: Path) -> list[Path]:
 def describe(folder: str | Path) -> dict:
     """Summary of an hfq (or float) checkpoint: method, layers quantized, bits per weight, bytes on disk."""
     folder = Path(folder)
-    cfg_path = folder / "config.json"
-    if not cfg_path.exists():
-        raise ValueError(f"{folder} has no config.json; pass a folder written by save_pretrained or `hfq quantize`.")
-    config = json.loads(cfg_path.read_text())
+    config = read_config(folder)
     qc = config.get("quantization_config")
-    hq = HfqConfig.from_dict(qc) if qc and qc.get("quant_method") == "hfq" else None
+    hq = hfq_config(folder, qc) if isinstance(qc, dict) and qc.get("quant_method") == "hfq" else None
     tensors: dict[str, dict] = {}
     layers_meta: dict[str, list[int]] = {}
-    for f in _weight_files(folder):
+    for f in weight_files(folder):
         header, meta = read_safetensors_header(f)
         tensors.update(header)
         if "hfq_layers" in meta:

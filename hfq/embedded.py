@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from .atomic import atomic_dir, atomic_file, write_text
+from .checkpoint import check_source
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +65,10 @@ def local_model(name: str = "gemma-3-270m") -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(
-        src.parent, gguf_file=src.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+        src.parent, gguf_file=src.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32,
+        trust_remote_code=False,
     )
     # Gemma-3 ends chat turns with <end_of_turn> (106); the GGUF only names <eos> (1).
     model.generation_config.eos_token_id = [1, 106]
@@ -94,12 +96,5 @@ def _clear_offline_flag(path: Path) -> None:
 
 
 def resolve(model: str) -> str:
-    """Map an embedded model name to its local folder; pass anything else (path or Hub id) through. A path that
-    cannot be a Hub id (./x, /x, ~/x, a/b/c) and does not exist is named here, not retried on the Hub."""
-    if model in EMBEDDED:
-        return str(local_model(model))
-    looks_local = model.startswith((".", "/", "~", "\\")) or model.count("/") > 1 or "\\" in model
-    if looks_local and not Path(model).expanduser().exists():
-        raise ValueError(f"{model!r} does not exist: no such local folder or file (a Hub id has the form "
-                         f"owner/name; embedded models: {', '.join(EMBEDDED)}).")
-    return str(Path(model).expanduser()) if model.startswith("~") else model
+    """Map an embedded model name to its local folder; pass anything else (path or Hub id) through."""
+    return str(local_model(model)) if model in EMBEDDED else check_source(model)

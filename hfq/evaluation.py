@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .algorithms.calibration import token_windows
-from .checkpoint import describe, describe_gguf
+from .checkpoint import NO_REMOTE_CODE, SAFE_LOAD, describe, describe_gguf
 from .embedded import resolve
 from .gguf.export import check_gguf
 
@@ -160,7 +160,7 @@ def load(model, quantization_config=None):
     from transformers import AutoModelForCausalLM
 
     kw = {"quantization_config": quantization_config} if quantization_config is not None else {}
-    return AutoModelForCausalLM.from_pretrained(resolve(str(model)), dtype=torch.float32, **kw).eval()
+    return AutoModelForCausalLM.from_pretrained(resolve(str(model)), dtype=torch.float32, **SAFE_LOAD, **kw).eval()
 
 
 def size(path: str | Path) -> dict:
@@ -210,7 +210,7 @@ def evaluate(model, base=None, *, text: str | None = None, ctx: int = 512, chunk
                          "to use).")
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve(str(base if base is not None else model)))
+    tok = AutoTokenizer.from_pretrained(resolve(str(base if base is not None else model)), **NO_REMOTE_CODE)
     source = "the given text"
     if text is None:
         text, source = default_text()

@@ -19,6 +19,7 @@ from .integration import (HfqQuantize, calibrate_model, convertible_linears, deq
                           quantize_embeddings, replace_embeddings, replace_with_hfq_linear, tie_quantized_head,
                           tied_head_extras)
 from .nn import HfqLinear
+from .verify import check_model_data, verify_loading
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ class HfqQuantizer(HfQuantizer):
         self._replace_layers(model, cfg, skip)
         replace_embeddings(model, self.embedding_types)
         cfg.embedding_types = self.embedding_types or None
+        if self.pre_quantized:   # nothing damaged or mismatched may load as uninitialized memory
+            tied = getattr(model, "all_tied_weights_keys", None) or {}
+            verify_loading(model, cfg, kwargs.get("checkpoint_files"), tied_keys=tied,
+                           ignore=getattr(model, "_keys_to_ignore_on_load_missing", None) or ())
 
     def _replace_layers(self, model, cfg, skip) -> None:
         if cfg.layout != "gguf":
@@ -88,12 +93,14 @@ class HfqQuantizer(HfQuantizer):
         _enable_peft()
         if cfg.method not in CALIBRATED or self.pre_quantized:
             tie_quantized_head(model, self.embedding_types)
+            if self.pre_quantized:   # after tying: the tied head's tensors are the embedding's
+                check_model_data(model, cfg)
             _prepare_layers(model)
             return model
 
         def tokenizer():
             try:
-                return AutoTokenizer.from_pretrained(model.name_or_path)
+                return AutoTokenizer.from_pretrained(model.name_or_path, trust_remote_code=False)
             except (OSError, ValueError) as e:
                 raise ValueError(f"{cfg.method} needs the model's tokenizer to tokenize its calibration text, and "
                                  f"{model.name_or_path!r} has none ({e}). Save the tokenizer with the model, or "
@@ -125,8 +132,11 @@ class HfqQuantizer(HfQuantizer):
         sd = None
         if extras:   # a tied head's other tensors are the embedding's: save them once
             sd = {k: v for k, v in model.state_dict().items() if k not in extras}
+        # each layer's GGML type too: two types of one byte size would otherwise load as each other
+        types = {n: m.ggml_type for n, m in model.named_modules() if isinstance(m, HfqLinear) and m.ggml_type}
         return sd, {"hfq_format_version": str(FORMAT_VERSION), "hfq_method": cfg.short_name(),
-                      "hfq_layers": json.dumps(layers, separators=(",", ":"))}
+                    "hfq_layers": json.dumps(layers, separators=(",", ":")),
+                    "hfq_tensor_types": json.dumps(types, separators=(",", ":"), sort_keys=True)}
 
     def is_serializable(self):
         return True
@@ -168,3 +178,24 @@ def register() -> None:
     if AUTO_QUANTIZER_MAPPING.get(QUANT_METHOD) is not HfqQuantizer:
         AUTO_QUANTIZER_MAPPING.pop(QUANT_METHOD, None)
         register_quantizer(QUANT_METHOD)(HfqQuantizer)
+
+
+def verify_model_structure(folder) -> int:
+    """What a load of an hfq checkpoint checks before reading weights (hfq.verify.verify_loading), without loading
+    them: the model is built from config.json on the meta device. Returns the number of quantized layers."""
+    from pathlib import Path
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .checkpoint import hfq_config, weight_files
+
+    folder = Path(folder)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    cfg = hfq_config(folder, config.quantization_config if isinstance(config.quantization_config, dict)
+                     else config.quantization_config.to_dict())
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    quantizer = HfqQuantizer(cfg, pre_quantized=True)
+    quantizer.preprocess_model(model, dtype=model.dtype, device_map=None,
+                               checkpoint_files=[str(f) for f in weight_files(folder)], use_kernels=False)
+    return sum(isinstance(m, HfqLinear) for m in model.modules())

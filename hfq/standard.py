@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .atomic import atomic_dir
+from .atomic import publish
 from .formats.standard_layout import GPTQ_BITS, hfq_int_codes, pack_awq, pack_gptq_qweight, pack_gptq_qzeros
 from .nn import HfqEmbedding, HfqLinear
 
@@ -217,9 +217,7 @@ def save_standard(model: nn.Module, out_dir: str | Path, format: str = "gptq", *
     config = model.config.to_dict()
     config["quantization_config"] = qc
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ValueError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) or choose another folder.")
-    with atomic_dir(out) as tmp:
+    with publish(out, overwrite, flag="out_dir") as tmp:
         _write_tensors(tensors, tmp, max_shard_size)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         _copy_side_files(model, tmp, tokenizer, source_dir)

@@ -15,8 +15,8 @@ def test_a_mistyped_local_path_is_named(typo, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["quantize", typo, "--method", "nf4", "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
-    assert err == (f"hfq: error: '{typo}' does not exist: no such local folder or file (a Hub id has the form "
-                   "owner/name; embedded models: gemma-3-270m).\n")
+    assert err == (f"hfq: error: model path {typo} does not exist; pass an existing folder, a Hub id "
+                   "(namespace/name) or an embedded model name.\n")
     assert not (tmp_path / "o").exists()
 
 

@@ -18,7 +18,8 @@ LAYER = {
     "kernels": 2,                                   # torch.ops.hfq.* schemas, reference bodies, native builds
     "nn": 3, "algorithms": 3,                       # HfqLinear; what chooses codes and scales
     # 4: model surgery, checkpoints, GGUF export, standard formats, evaluation, the embedded model, peft's LoRA layer
-    "integration": 4, "checkpoint": 4, "gguf": 4, "standard": 4, "evaluation": 4, "embedded": 4, "lora": 4,
+    "integration": 4, "checkpoint": 4, "verify": 4, "gguf": 4, "standard": 4, "evaluation": 4, "embedded": 4,
+    "lora": 4,
     "quantizer": 5, "publish": 5,                   # transformers' hooks; variants, cards, Hub, demo
     "cli": 6,
     "__init__": 7,

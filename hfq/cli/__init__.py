@@ -8,9 +8,9 @@ import argparse
 import logging
 import sys
 
-from . import evaluate, export, generate, info, publish, quantize
+from . import evaluate, export, generate, info, publish, quantize, verify
 
-GROUPS = (quantize, info, evaluate, publish, export, generate)
+GROUPS = (quantize, info, evaluate, publish, export, generate, verify)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,6 +21,7 @@ class _Parser(argparse.ArgumentParser):
 def _build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="hfq", description="Quantize Hugging Face causal LMs with hfq.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for group in GROUPS:
         group.add_parsers(sub)
@@ -32,9 +33,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return args.handler(args)
-    except (ValueError, OSError, RuntimeError) as e:
-        if args.verbose:
+    except KeyboardInterrupt:
+        if args.debug:
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"hfq: error: {first}", file=sys.stderr)
+        print("hfq: error: interrupted; nothing was published (outputs are written atomically)", file=sys.stderr)
+        return 130
+    except Exception as e:   # one line, never a traceback (--debug shows it)
+        if args.debug or args.verbose:
+            raise
+        print(f"hfq: error: {_one_line(e)}", file=sys.stderr)
         return 1
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if isinstance(e, (ValueError, OSError, RuntimeError)) and type(e).__module__ in ("builtins", "hfq.atomic"):
+        return text or type(e).__name__
+    # a foreign exception (safetensors, torch, transformers...): name it so the report is useful
+    return f"{type(e).__name__}: {text or 'no message'} (rerun with --debug for the traceback)"

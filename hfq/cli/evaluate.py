@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import checks
 from ..atomic import write_json
 
 
@@ -23,13 +24,19 @@ def add_parsers(sub) -> None:
 def _cmd_eval(args) -> int:
     from ..evaluation import evaluate
 
-    text = Path(args.text).read_text(encoding="utf-8") if args.text else None
+    from ..embedded import resolve
+
+    if str(args.model).endswith(".gguf") and args.base is None:
+        raise ValueError("a .gguf file needs --base (the folder or embedded name whose tokenizer and logits to use).")
+    checks.at_least(args.chunks, "--chunks", 0, " (0 = the whole text)")
+    checks.at_least(args.threads, "--threads")
+    checks.writable_file(args.json, "--json")
+    text = checks.text_file(args.text, "--text")
+    checks.context(args.ctx, resolve(args.base if str(args.model).endswith(".gguf") and args.base else args.model))
     result = evaluate(args.model, args.base, text=text, ctx=args.ctx, chunks=args.chunks or None, threads=args.threads,
                       speed=not args.no_speed)
     if args.text:
         result["text"] = args.text
-    if args.json:
-        write_json(args.json, result, indent=2)
     print(f"{args.model}: ppl {result['ppl']:.3f} over {result['scored_tokens']} tokens "
           f"({result['chunks']} chunks of {result['n_ctx']})")
     if "kl" in result:
@@ -43,4 +50,6 @@ def _cmd_eval(args) -> int:
         speed += f", decode {result['decode_tokens_per_s']:.1f} tokens/s"
     rss = result["peak_rss_mb"]
     print(speed + (f"; peak RSS {rss:.0f} MB" if rss is not None else ""))
+    if args.json:   # after the printout, so a failing write never loses the numbers
+        write_json(args.json, result, indent=2)
     return 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from . import checks
+from ..checkpoint import NO_REMOTE_CODE, SAFE_LOAD
 from ..config import GGUF_QUANT_TYPES
 
 
@@ -40,28 +42,37 @@ def _cmd_export_gguf(args) -> int:
     from ..embedded import resolve
     from ..gguf.export import export_gguf
 
+    from ..atomic import refuse_existing
+
     out = Path(args.out)
     if out.suffix != ".gguf":
         raise ValueError(f"--out {out} must end in .gguf.")
-    if out.exists() and not args.overwrite:
-        raise ValueError(f"--out {out} exists; pass --overwrite or choose another name.")
+    refuse_existing(out, args.overwrite)   # before any model loads; export_gguf checks again under its lock
+    checks.writable_file(args.out, "--out")
+    checks.at_least(args.chunks, "--chunks")
+    checks.text_file(args.imatrix_text, "--imatrix-text")
+    if args.split_max_size is not None:
+        checks.shard_size(args.split_max_size, "--split-max-size")
     src = resolve(args.model)
     if Path(src).is_dir():
         describe(src)            # names a truncated or corrupt safetensors file before transformers reads it
-    tok = AutoTokenizer.from_pretrained(src)
+    if args.imatrix_text:
+        checks.context(args.ctx, src)
+    tok = AutoTokenizer.from_pretrained(src, **NO_REMOTE_CODE)
     print(f"loading {args.model} ...", file=sys.stderr)
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **SAFE_LOAD)
     importance = None
     if args.imatrix_text:
         if getattr(model.config, "quantization_config", None) is not None:
             raise ValueError("--imatrix-text needs a float model; this one is already quantized.")
-        text = Path(args.imatrix_text).read_text(encoding="utf-8")
+        text = checks.text_file(args.imatrix_text, "--imatrix-text")
         ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
         windows = token_windows(ids, args.ctx, tok.bos_token_id)[:args.chunks]
         print(f"collecting importance on {len(windows)} windows of {args.ctx} tokens ...", file=sys.stderr)
         importance = collect_importance(model, windows)
     files = export_gguf(model, tok, out, quant_type=args.quant_type, importance=importance,
-                        split_max_size=args.split_max_size, name=Path(str(args.model).rstrip("/")).name)
+                        split_max_size=args.split_max_size, name=Path(str(args.model).rstrip("/")).name,
+                        overwrite=args.overwrite)
     size = sum(f.stat().st_size for f in files)
     print(f"saved {', '.join(str(f) for f in files)}: {size / 1e6:.1f} MB")
     return 0
@@ -73,11 +84,13 @@ def _cmd_export(args) -> int:
     from ..embedded import resolve
     from ..standard import save_standard
 
-    src = resolve(args.model)
+    from ..atomic import refuse_existing
+
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise ValueError(f"--out {out} exists and is not empty; pass --overwrite or choose another folder.")
-    model = AutoModelForCausalLM.from_pretrained(src, dtype="auto")
+    refuse_existing(out, args.overwrite)   # before any model loads; save_standard checks again under its lock
+    checks.output_path(args.out)
+    src = resolve(args.model)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype="auto", **SAFE_LOAD)
     if getattr(model.config, "quantization_config", None) is None:
         raise ValueError(f"{args.model} is not an hfq checkpoint (no quantization_config); run `hfq quantize "
                          "--method rtn` first.")

@@ -20,7 +20,9 @@ def add_parsers(sub) -> None:
 
 def _cmd_info(args) -> int:
     from ..checkpoint import describe
+    from .verify import verify_path
 
+    verify_path(args.path)   # the same checks as a load: a damaged checkpoint is an error, never "OK"
     info = describe(args.path)
     if args.json:
         print(json.dumps(info, indent=2))

@@ -34,7 +34,11 @@ def _cmd_push(args) -> int:
                                                            "--repo", args.repo]
     command = "hfq " + " ".join(shlex.quote(a) for a in argv)
     resume = command if args.out else f"{command} --out {shlex.quote(out)}"
-    text = Path(args.text).read_text(encoding="utf-8") if args.text else None
+    from . import checks
+
+    checks.at_least(args.chunks, "--chunks", 0, " (0 = the whole text)")
+    checks.at_least(args.ctx, "--ctx", 2)
+    text = checks.text_file(args.text, "--text")
     records = push_variants(args.model, args.variants, args.repo, out=out, text=text, ctx=args.ctx,
                             chunks=args.chunks or None, private=args.private, dry_run=args.dry_run,
                             command=command, resume_command=resume,

@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..checkpoint import NO_REMOTE_CODE, SAFE_LOAD
+from . import checks
 from ..config import CODEBOOK_BLOCK_SIZES, EMBEDDINGS, GGUF_QUANT_TYPES, METHODS, RTN_BITS, RTN_GROUP_SIZES
 
 logger = logging.getLogger("hfq")
@@ -62,7 +64,7 @@ def add_parsers(sub) -> None:
 def _cmd_quantize(args) -> int:
     import torch
 
-    from ..atomic import atomic_dir
+    from ..atomic import publish, refuse_existing
     from ..checkpoint import canonicalize_metadata, describe
     from ..config import HfqConfig
     from ..embedded import resolve
@@ -78,25 +80,37 @@ def _cmd_quantize(args) -> int:
            if getattr(args, k) is not None}
     if cal and args.method not in ("gptq", "awq"):
         raise ValueError(f"--{next(iter(cal)).replace('_', '-')} applies to --method gptq or awq only.")
+    checks.at_least(args.n_samples, "--n-samples")
+    checks.at_least(args.bits, "--bits")
+    checks.shard_size(args.max_shard_size)
+    checks.dataset_file(args.dataset)
+    checks.text_file(args.calibration, "--calibration")
+    if args.importance and not Path(args.importance).is_file():
+        raise ValueError(f"--importance {args.importance}: no such file; pass the .safetensors that "
+                         "`hfq importance` wrote.")
+    if args.damp_percent is not None and not 0 < args.damp_percent <= 1:
+        raise ValueError(f"--damp-percent {args.damp_percent} is not allowed; give a fraction in (0, 1].")
     cfg = HfqConfig(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
                     double_quant=args.double_quant, modules_to_not_convert=args.skip, quant_type=args.quant_type,
                     importance=args.importance, embeddings=args.embeddings, **cal)
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise ValueError(f"--out {out} exists and is not empty; pass --overwrite or choose another folder.")
+    refuse_existing(out, args.overwrite)   # before any model loads; publish checks again under its lock
+    checks.output_path(args.out)
+    src = resolve(args.model)
+    checks.context(args.ctx if args.calibration else None, src)
+    checks.context(args.seq_len, src, "--seq-len")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = resolve(args.model)
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-    if args.calibration:
-        cfg.importance = _importance(src, args.calibration, args.ctx, None)
-    print(f"quantizing {args.model} with {cfg.short_name()} ...", file=sys.stderr)
-    model = AutoModelForCausalLM.from_pretrained(src, quantization_config=cfg, dtype=dtype)
-    with atomic_dir(out) as tmp:
+    with publish(out, args.overwrite) as tmp:
+        if args.calibration:
+            cfg.importance = _importance(src, args.calibration, args.ctx, None)
+        print(f"quantizing {args.model} with {cfg.short_name()} ...", file=sys.stderr)
+        model = AutoModelForCausalLM.from_pretrained(src, quantization_config=cfg, dtype=dtype, **SAFE_LOAD)
         model.save_pretrained(tmp, max_shard_size=args.max_shard_size)
         canonicalize_metadata(tmp)   # same content, same bytes: the card's sha256s can be reproduced
         try:
-            AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(src, **NO_REMOTE_CODE).save_pretrained(tmp)
         except (OSError, ValueError) as e:
             logger.warning("no tokenizer saved: %s", e)
         info = describe(tmp)
@@ -116,12 +130,12 @@ def _importance(src: str, text_file: str, ctx: int, chunks: int | None) -> dict:
 
     from ..algorithms.calibration import collect_importance, token_windows
 
-    text = Path(text_file).read_text(encoding="utf-8")
-    tok = AutoTokenizer.from_pretrained(src)
+    text = checks.text_file(text_file, "--text" if chunks is not None else "--calibration")
+    tok = AutoTokenizer.from_pretrained(src, **NO_REMOTE_CODE)
     windows = token_windows(tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"], ctx,
-                            tok.bos_token_id)[:chunks]
+                            tok.bos_token_id)[:chunks or None]
     print(f"collecting importance on {len(windows)} windows of {ctx} tokens ...", file=sys.stderr)
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **SAFE_LOAD)
     return collect_importance(model, windows)
 
 
@@ -130,7 +144,12 @@ def _cmd_importance(args) -> int:
     from ..embedded import resolve
 
     out = Path(args.out)
-    imp = _importance(resolve(args.model), args.text, args.ctx, args.chunks)
+    checks.at_least(args.chunks, "--chunks")
+    checks.text_file(args.text, "--text")
+    checks.writable_file(args.out, "--out")
+    src = resolve(args.model)
+    checks.context(args.ctx, src)
+    imp = _importance(src, args.text, args.ctx, args.chunks if args.chunks is not None else 0)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_importance(imp, out)
     print(f"saved {out}: importance for {len(imp)} linear layers")

@@ -26,12 +26,13 @@ import torch
 
 from ..algorithms.ggml_quant import quantize_rows
 from ..architectures import architecture
-from ..atomic import replace, temp_name
+from ..atomic import locked, place, recover, refuse_existing, temp_name
 from ..formats.bitpack import unpack_bits
 from ..formats.ggml_layout import PACK
 from ..formats.ggml_types import FILE_TYPES, ggml_type
 from ..nn import HfqEmbedding, HfqLinear
 from . import mixes
+from .check import check_gguf  # noqa: F401  (hfq.gguf.export.check_gguf is imported from here)
 from .metadata import add_hparams, gguf_arch
 from .names import tensor_name_map
 from .vocab import add_tokenizer
@@ -235,21 +236,29 @@ def _size_bytes(v) -> int:
 
 def export_gguf(model, tokenizer, path: str | os.PathLike, quant_type: str | None = None,
                 importance: dict | None = None, split_max_size: int | str | None = None,
-                name: str | None = None, progress: bool = True) -> list[Path]:
+                name: str | None = None, progress: bool = True, overwrite: bool = True) -> list[Path]:
     """Write `model` (with `tokenizer`) as a GGUF file llama.cpp runs; returns the written file(s).
 
     quant_type: a llama.cpp file type (Q4_K_M, Q8_0, ...), F16 or F32. Default: the model's own GGUF type for
     method="gguf", the closest type for other hfq methods, F16 for a float model.
     importance: {module name: mean squared input per column} for float weights (llama.cpp's imatrix).
-    split_max_size: split into gguf-split shards (name-00001-of-0000N.gguf) of at most this many bytes."""
+    split_max_size: split into gguf-split shards (name-00001-of-0000N.gguf) of at most this many bytes.
+    overwrite=False refuses an existing file (checked again just before each file is moved into place)."""
     path = Path(path)
     if path.suffix != ".gguf":
         raise ValueError(f"path={str(path)!r} must end in .gguf.")
     file_type = file_type_for(model, quant_type)
     plan = _Plan(model, file_type, importance)
     ftype_id = FLOAT_TYPES.get(file_type, FILE_TYPES.get(file_type, (None,))[0])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path.parent / path.stem)
+    with locked(path):   # one writer per file; temporaries of killed runs go first
+        recover(path)
+        refuse_existing(path, overwrite, "path")
+        return _write(model, tokenizer, path, plan, file_type, ftype_id, name, split_max_size, progress, overwrite)
+
+
+def _write(model, tokenizer, path: Path, plan, file_type, ftype_id, name, split_max_size, progress,
+           overwrite) -> list[Path]:
+    tmp = temp_name(path)
     tmp.mkdir()
     try:
         w = gguf.GGUFWriter(tmp / path.name, gguf.MODEL_ARCH_NAMES[plan.arch],
@@ -266,28 +275,10 @@ def export_gguf(model, tokenizer, path: str | os.PathLike, quant_type: str | Non
         w.write_tensors_to_file(progress=progress)
         w.close()
         written = sorted(tmp.iterdir())
-        out = []
         for f in written:
-            out.append(replace(f, path.parent / f.name))
+            refuse_existing(path.parent / f.name, overwrite, "path")
+        out = [place(f, path.parent / f.name, overwrite) for f in written]
         logger.info("wrote %s (%s)", ", ".join(str(p) for p in out), file_type)
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def check_gguf(path: str | os.PathLike) -> gguf.GGUFReader:
-    """Open a GGUF file with gguf-py, turning a truncated or corrupt file into a ValueError that names it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"GGUF file {str(path)!r} does not exist.")
-    try:
-        r = gguf.GGUFReader(path)
-    except Exception as e:   # gguf-py raises ValueError, IndexError or struct/numpy errors on bad bytes
-        raise ValueError(f"{path} is truncated or corrupt: gguf-py cannot read it ({type(e).__name__}: {e}); "
-                         "re-export or re-download it.") from None
-    size = path.stat().st_size
-    for t in r.tensors:
-        if t.data_offset + t.n_bytes > size:
-            raise ValueError(f"{path} is truncated: tensor {t.name} ends at byte {t.data_offset + t.n_bytes}, the "
-                             f"file has {size}; re-export or re-download it.")
-    return r

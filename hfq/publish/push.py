@@ -16,7 +16,7 @@ import shlex
 from pathlib import Path
 
 from ..atomic import atomic_dir, write_json, write_text
-from ..checkpoint import canonicalize_metadata, describe, describe_gguf
+from ..checkpoint import NO_REMOTE_CODE, canonicalize_metadata, describe, describe_gguf
 from ..embedded import resolve
 from ..evaluation import chunks as token_chunks, default_text, load as _load, machine, measure, pydoc_halves, size
 from . import variants as registry
@@ -131,7 +131,7 @@ def prepare(base: str, variant_names, out: str | Path, *, repo: str | None = Non
     out.mkdir(parents=True, exist_ok=True)
     stem = (repo or Path(str(base)).name).rstrip("/").split("/")[-1]
     src = resolve(str(base))
-    tok = AutoTokenizer.from_pretrained(src)
+    tok = AutoTokenizer.from_pretrained(src, **NO_REMOTE_CODE)
     source = f"Text from {text_name}" if text_name else "The given text"
     if text is None:
         text, source = default_text()
