@@ -1,6 +1,6 @@
 """The `hfq` command line. One module per command group:
 quantize (quantize, importance), info (info, doctor), evaluate (eval), export (export-gguf, export),
-publish (push, demo)."""
+publish (push, demo), space (space)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import argparse
 import logging
 import sys
 
-from . import evaluate, export, info, publish, quantize
+from . import evaluate, export, info, publish, quantize, space
 
-GROUPS = (quantize, info, evaluate, publish, export)
+GROUPS = (quantize, info, evaluate, publish, export, space)
 
 
 class _Parser(argparse.ArgumentParser):
