@@ -216,10 +216,11 @@ def test_push_space_creates_the_compare_space(hub, export_dir, tmp_path, capsys)
     from hfq.cli import main
     from hfq.publish.hub import upload_folder
 
-    upload_folder(export_dir("llama"), "me/tiny-base")   # the base, on the Hub like a user's model
+    upload_folder(export_dir("llama"), "me/tiny-base")   # the base, on the Hub as well as local
     out = tmp_path / "w"
-    assert main(["push", "me/tiny-base", "--variants", "rtn-int4-g128,Q8_0", "--repo", "me/tb", "--out", str(out),
-                 "--ctx", "64", "--chunks", "1", "--space"]) == 0
+    push = ["push", str(export_dir("llama")), "--variants", "rtn-int4-g128,Q8_0", "--repo", "me/tb", "--out", str(out),
+            "--ctx", "64", "--chunks", "1", "--space", "--space-base", "me/tiny-base"]
+    assert main(push) == 0
     assert "me/tb-compare (Space): http" in capsys.readouterr().out
     space = hub.repos["spaces/me/tb-compare"]
     assert space.sdk == "gradio" and len(_commits(hub, "spaces/me/tb-compare")) == 1
@@ -241,8 +242,7 @@ def test_push_space_creates_the_compare_space(hub, export_dir, tmp_path, capsys)
     assert all(t and not t.startswith("error") for t in texts[:2]), final
     pytest.importorskip("llama_cpp")
     assert texts[2] and not texts[2].startswith("error"), final
-    assert main(["push", "me/tiny-base", "--variants", "rtn-int4-g128,Q8_0", "--repo", "me/tb", "--out", str(out),
-                 "--ctx", "64", "--chunks", "1", "--space"]) == 0
+    assert main(push) == 0
     assert "me/tb-compare (Space): up to date, no commit" in capsys.readouterr().out
 
 
@@ -252,5 +252,5 @@ def test_push_space_refuses_a_local_base_before_making_anything(hub, base_dir, t
     assert main(["push", str(base_dir), "--variants", "nf4", "--repo", "me/x", "--out", str(tmp_path / "w"),
                  "--space"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("hfq: error: --space: the base") and "Hub id or an embedded name" in err
+    assert err.startswith("hfq: error: --space: the base") and "--space-base NAMESPACE/NAME" in err
     assert not (tmp_path / "w").exists() and not hub.repos
