@@ -1,4 +1,4 @@
-"""Paths to the top-level extensions/ and model_cards/ folders, in a source checkout or inside the wheel."""
+"""Paths to the top-level extensions/, model_cards/ and spaces/ folders, in a source checkout or inside the wheel."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ _PKG = Path(__file__).resolve().parent
 
 
 def resource_dir(name: str) -> Path:
-    """'extensions' or 'model_cards': hfq/_<name> in an installed wheel, <repo>/<name> in a checkout."""
+    """'extensions', 'model_cards' or 'spaces': hfq/_<name> in an installed wheel, <repo>/<name> in a checkout."""
     for cand in (_PKG / f"_{name}", _PKG.parent / name):
         if cand.is_dir():
             return cand

@@ -1,6 +1,6 @@
 """A small Hugging Face Hub on 127.0.0.1 for push tests, speaking the endpoints the real huggingface_hub client
 uses (see /work/shared/notes/local-hub.md): whoami-v2, repos/create, repo info, validate-yaml, preupload, NDJSON
-commit, tree, paths-info, resolve (HEAD/GET), LFS batch + PUT. Written from the client's requests, not from the
+commit, tree, paths-info, resolve (HEAD/GET), LFS batch + PUT, for models and Spaces (kept as "spaces/ns/name"). Written from the client's requests, not from the
 Hub's code. Files live in memory; every commit is recorded so tests can count commits and see what each sent."""
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class Repo:
     lfs: set = field(default_factory=set)          # paths stored as LFS
     commits: list = field(default_factory=list)    # [{"oid", "summary", "paths"}]
     snapshots: dict = field(default_factory=dict)  # commit oid -> (files, lfs)
+    sdk: str | None = None                         # a Space's SDK ("gradio")
 
     def commit(self, summary: str, paths: list[str]) -> str:
         oid = hashlib.sha1(f"{len(self.commits)}:{summary}:{sorted(paths)}".encode()).hexdigest()
@@ -149,23 +150,24 @@ def _handler(hub: LocalHub):
                 return self._send(401, {"error": "Invalid credentials"})
             req = json.loads(body)
             repo_id = f"{req.get('organization') or user}/{req['name']}"
-            url = f"{hub.url}/{repo_id}"
-            if repo_id in hub.repos:
-                return self._send(409, {"error": "You already created this model repo", "url": url})
-            repo = hub.repos[repo_id] = Repo(owner=user, private=req.get("visibility") == "private"
-                                             or bool(req.get("private")))
+            key = f"spaces/{repo_id}" if req.get("type") == "space" else repo_id
+            url = f"{hub.url}/{key}"
+            if key in hub.repos:
+                return self._send(409, {"error": "You already created this repo", "url": url})
+            repo = hub.repos[key] = Repo(owner=user, private=req.get("visibility") == "private"
+                                         or bool(req.get("private")), sdk=req.get("sdk"))
             repo.files[".gitattributes"] = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
             repo.commit("initial commit", [".gitattributes"])
             self._send(200, {"url": url, "name": repo_id})
 
         def info(self, m, body, q):
-            repo = self._repo(f"{m['ns']}/{m['name']}")
+            repo = self._repo(self._key(m))
             if repo is None:
                 return
             files, _ = self._snapshot(repo, m["rev"] or "main")
             self._send(200, {"id": f"{m['ns']}/{m['name']}", "sha": self._rev_sha(repo, m["rev"] or "main"),
                              "private": repo.private, "siblings": [{"rfilename": p} for p in sorted(files)],
-                             "tags": [], "downloads": 0, "likes": 0})
+                             "tags": [], "downloads": 0, "likes": 0, **({"sdk": repo.sdk} if repo.sdk else {})})
 
         def validate_yaml(self, m, body, q):
             content = json.loads(body)["content"]   # the whole README.md; check its front matter
@@ -179,7 +181,7 @@ def _handler(hub: LocalHub):
             self._send(200, {"errors": [], "warnings": []})
 
         def preupload(self, m, body, q):
-            repo = self._repo(f"{m['ns']}/{m['name']}", write=True)
+            repo = self._repo(self._key(m), write=True)
             if repo is None:
                 return
             out = []
@@ -192,7 +194,7 @@ def _handler(hub: LocalHub):
             self._send(200, {"files": out})
 
         def commit(self, m, body, q):
-            repo = self._repo(f"{m['ns']}/{m['name']}", write=True)
+            repo = self._repo(self._key(m), write=True)
             if repo is None:
                 return
             lines = [json.loads(x) for x in body.decode().splitlines() if x.strip()]
@@ -220,7 +222,7 @@ def _handler(hub: LocalHub):
                              "pullRequestUrl": None})
 
         def tree(self, m, body, q):
-            repo = self._repo(f"{m['ns']}/{m['name']}")
+            repo = self._repo(self._key(m))
             if repo is None:
                 return
             files, lfs = self._snapshot(repo, m["rev"])
@@ -229,7 +231,7 @@ def _handler(hub: LocalHub):
                              if not prefix or p.startswith(prefix + "/")])
 
         def paths_info(self, m, body, q):
-            repo = self._repo(f"{m['ns']}/{m['name']}")
+            repo = self._repo(self._key(m))
             if repo is None:
                 return
             files, lfs = self._snapshot(repo, m["rev"])
@@ -237,7 +239,7 @@ def _handler(hub: LocalHub):
             self._send(200, [self._entry(p, files[p], p in lfs) for p in paths if p in files])
 
         def resolve(self, m, body, q):
-            repo = self._repo(f"{m['ns']}/{m['name']}")
+            repo = self._repo(self._key(m))
             if repo is None:
                 return
             head = self.command == "HEAD"
@@ -265,6 +267,10 @@ def _handler(hub: LocalHub):
             self._send(200, b"")
 
         # ---- helpers
+        def _key(self, m) -> str:
+            repo_id = f"{m['ns']}/{m['name']}"
+            return f"spaces/{repo_id}" if m.groupdict().get("t") == "spaces" else repo_id
+
         def _snapshot(self, repo: Repo, rev: str):
             return (repo.files, repo.lfs) if rev == "main" else repo.snapshots.get(rev, ({}, set()))
 
@@ -285,12 +291,12 @@ def _handler(hub: LocalHub):
         (r"GET /api/whoami-v2", Handler.whoami),
         (r"POST /api/repos/create", Handler.create),
         (r"POST /api/validate-yaml", Handler.validate_yaml),
-        (rf"GET /api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?", Handler.info),
-        (rf"POST /api/models/{_REPO}/preupload/(?P<rev>[^/]+)", Handler.preupload),
-        (rf"POST /api/models/{_REPO}/commit/(?P<rev>[^/]+)", Handler.commit),
-        (rf"GET /api/models/{_REPO}/tree/(?P<rev>[^/]+)(?P<path>/.*)?", Handler.tree),
-        (rf"POST /api/models/{_REPO}/paths-info/(?P<rev>[^/]+)", Handler.paths_info),
-        (rf"(?:GET|HEAD) /{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", Handler.resolve),
+        (rf"GET /api/(?P<t>models|spaces)/{_REPO}(?:/revision/(?P<rev>[^/]+))?", Handler.info),
+        (rf"POST /api/(?P<t>models|spaces)/{_REPO}/preupload/(?P<rev>[^/]+)", Handler.preupload),
+        (rf"POST /api/(?P<t>models|spaces)/{_REPO}/commit/(?P<rev>[^/]+)", Handler.commit),
+        (rf"GET /api/(?P<t>models|spaces)/{_REPO}/tree/(?P<rev>[^/]+)(?P<path>/.*)?", Handler.tree),
+        (rf"POST /api/(?P<t>models|spaces)/{_REPO}/paths-info/(?P<rev>[^/]+)", Handler.paths_info),
+        (rf"(?:GET|HEAD) /(?:(?P<t>spaces)/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", Handler.resolve),
         (rf"POST /{_REPO}\.git/info/lfs/objects/batch", Handler.lfs_batch),
         (r"PUT /_lfs/(?P<oid>[0-9a-f]{64})", Handler.lfs_put),
     ]

@@ -203,3 +203,54 @@ def test_gguf_files_share_one_repo_and_load(hub, export_dir, tmp_path):
     args[args.index("--out") + 1] = str(tmp_path / "again.gguf")
     assert main(args) == 0
     assert sha256_file(tmp_path / "again.gguf") == sha256_file(folder / "small-Q8_0.gguf")
+
+
+def test_push_space_creates_the_compare_space(hub, export_dir, tmp_path, capsys):
+    """`hfq push ... --space`: a gradio Space {repo}-compare with the page's app.py, front matter that
+    huggingface_hub parses, and space.json naming the pushed variants, which the page then loads from the Hub."""
+    import json
+    from pathlib import Path
+
+    from huggingface_hub import SpaceCard, hf_hub_download
+
+    from hfq.cli import main
+    from hfq.publish.hub import upload_folder
+
+    upload_folder(export_dir("llama"), "me/tiny-base")   # the base, on the Hub as well as local
+    out = tmp_path / "w"
+    push = ["push", str(export_dir("llama")), "--variants", "rtn-int4-g128,Q8_0", "--repo", "me/tb", "--out", str(out),
+            "--ctx", "64", "--chunks", "1", "--space", "--space-base", "me/tiny-base"]
+    assert main(push) == 0
+    assert "me/tb-compare (Space): http" in capsys.readouterr().out
+    space = hub.repos["spaces/me/tb-compare"]
+    assert space.sdk == "gradio" and len(_commits(hub, "spaces/me/tb-compare")) == 1
+    src = Path(__file__).resolve().parents[1] / "spaces" / "hfq-compare"
+    assert space.files["app.py"] == (src / "app.py").read_bytes()
+    assert space.files["requirements.txt"] == (src / "requirements.txt").read_bytes()
+    card = SpaceCard.load("me/tb-compare", repo_type="space")
+    assert card.data.sdk == "gradio" and card.data.app_file == "app.py" and card.data.sdk_version
+    assert card.data.models == ["me/tiny-base", "me/tb-rtn-int4-g128", "me/tb-GGUF"]
+    cfg = json.loads(Path(hf_hub_download("me/tb-compare", "space.json", repo_type="space")).read_text())
+    assert cfg == {"models": ["me/tiny-base", "me/tb-rtn-int4-g128", "me/tb-GGUF/tb-Q8_0.gguf"]}
+    # the page built from that configuration loads every panel from the Hub and answers
+    from hfq.space import comparison
+
+    cmp = comparison(config=Path(hf_hub_download("me/tb-compare", "space.json", repo_type="space")))
+    assert [s.kind for s in cmp.specs] == ["transformers", "transformers", "gguf"]
+    *_, final = cmp.run("Return the value of", 6)
+    texts = final[:3]
+    assert all(t and not t.startswith("error") for t in texts[:2]), final
+    pytest.importorskip("llama_cpp")
+    assert texts[2] and not texts[2].startswith("error"), final
+    assert main(push) == 0
+    assert "me/tb-compare (Space): up to date, no commit" in capsys.readouterr().out
+
+
+def test_push_space_refuses_a_local_base_before_making_anything(hub, base_dir, tmp_path, capsys):
+    from hfq.cli import main
+
+    assert main(["push", str(base_dir), "--variants", "nf4", "--repo", "me/x", "--out", str(tmp_path / "w"),
+                 "--space"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("hfq: error: --space: the base") and "--space-base NAMESPACE/NAME" in err
+    assert not (tmp_path / "w").exists() and not hub.repos

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # Which rooms of hfq/ may import transformers, and the layer of each: a room imports only from its layer and below.
-TRANSFORMERS_ALLOWED = {"config", "integration", "embedded", "evaluation", "quantizer", "publish", "cli"}
+TRANSFORMERS_ALLOWED = {"config", "integration", "embedded", "evaluation", "quantizer", "publish", "cli", "space"}
 LAYER = {
     # 1: the user's config, bit layouts, the architecture registry, atomic writes
     "_version": 1, "_resources": 1, "config": 1, "formats": 1, "architectures": 1, "atomic": 1,
@@ -21,7 +21,7 @@ LAYER = {
     "integration": 4, "checkpoint": 4, "verify": 4, "gguf": 4, "standard": 4, "evaluation": 4, "embedded": 4,
     "lora": 4,
     "quantizer": 5, "publish": 5,                   # transformers' hooks; variants, cards, Hub, demo
-    "cli": 6,
+    "cli": 6, "space": 6,                           # the command line; the comparison page's logic
     "__init__": 7,
 }
 UNIX_ONLY = {"resource", "fcntl", "pwd", "grp", "termios"}
@@ -110,6 +110,7 @@ def test_wheel_ships_extensions_and_model_cards(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "hfq/_extensions/README.md" in names
     assert "hfq/_model_cards/quantized.md.j2" in names
+    assert "hfq/_spaces/hfq-compare/app.py" in names and "hfq/_spaces/hfq-compare/README.md" in names
     assert "hfq/quantizer.py" in names and "hfq/kernels/ops.py" in names
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
     meta = next(n for n in names if n.endswith("METADATA"))

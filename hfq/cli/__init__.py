@@ -1,6 +1,6 @@
 """The `hfq` command line. One module per command group:
 quantize (quantize, importance), info (info, doctor), evaluate (eval), export (export-gguf, export),
-publish (push, demo), generate (generate, chat)."""
+publish (push, demo), generate (generate, chat), verify (verify), space (space)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import argparse
 import logging
 import sys
 
-from . import evaluate, export, generate, info, publish, quantize, verify
+from . import evaluate, export, generate, info, publish, quantize, space, verify
 
-GROUPS = (quantize, info, evaluate, publish, export, generate, verify)
+GROUPS = (quantize, info, evaluate, publish, export, generate, verify, space)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -18,6 +18,9 @@ def add_parsers(sub) -> None:
     u.add_argument("--out", help="local working folder (default hfq-push-NAMESPACE--NAME); kept for resuming")
     u.add_argument("--private", action="store_true", help="create the repos private")
     u.add_argument("--dry-run", action="store_true", help="make, evaluate and card everything; upload nothing")
+    u.add_argument("--space", action="store_true",
+                   help="also create or update the Gradio Space REPO-compare comparing the pushed variants")
+    u.add_argument("--space-base", metavar="HUB_ID", help="with --space: the base's Hub id, when MODEL is a local folder")
     u.set_defaults(handler=_cmd_push)
 
     d = sub.add_parser("demo", help="quantize the embedded Gemma-3-270M to the standard variants and compare them")
@@ -39,6 +42,10 @@ def _cmd_push(args) -> int:
     checks.at_least(args.chunks, "--chunks", 0, " (0 = the whole text)")
     checks.at_least(args.ctx, "--ctx", 2)
     text = checks.text_file(args.text, "--text")
+    if args.space:   # a base the Space cannot load fails now, before anything is made
+        from ..publish.space import space_models
+
+        space_models(args.model, [], args.space_base)
     records = push_variants(args.model, args.variants, args.repo, out=out, text=text, ctx=args.ctx,
                             chunks=args.chunks or None, private=args.private, dry_run=args.dry_run,
                             command=command, resume_command=resume,
@@ -47,6 +54,13 @@ def _cmd_push(args) -> int:
     for r in records:
         state = "dry run, not uploaded" if args.dry_run else (r["commit_url"] or "up to date, no commit")
         print(f"{r['repo_id']}: {state}  ({r['folder']})")
+    if args.space:
+        from ..publish.space import push_space
+
+        space_id, url = push_space(out, args.repo, args.model, records, base_id=args.space_base,
+                                   private=args.private, dry_run=args.dry_run, resume_hint=f"Resume with: {resume}")
+        state = "dry run, not uploaded" if args.dry_run else (url or "up to date, no commit")
+        print(f"{space_id} (Space): {state}")
     return 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from . import variants as registry
 from .cards import markdown_table
 from .chart import quality_vs_size
-from .push import EMBEDDED_NOTE, base_card_info, prepare
+from .push import EMBEDDED_NOTE, SCORED_BY_TRANSFORMERS, base_card_info, prepare
 
 MODEL = "gemma-3-270m"
 QUICK_VARIANTS = ("nf4-dq", "Q8_0")
@@ -33,6 +33,8 @@ def run_demo(out: str | Path = "hfq-demo", quick: bool = False, progress: bool =
     table = markdown_table(rows)
     if any("Q4_K" in name.upper() for name in names):
         table += f"\n\nQ4_K rows: {EMBEDDED_NOTE}"
+    if any(r["result"].get("scored_by") == SCORED_BY_TRANSFORMERS for r in records):
+        table += f"\n\nGGUF rows: scored by {SCORED_BY_TRANSFORMERS}."
     chart = quality_vs_size(rows, out / "quality_vs_size.png",
                             title=f"{MODEL}: quality against size ({base['scored_tokens']} scored tokens)")
     seconds = time.perf_counter() - t0

@@ -68,14 +68,14 @@ def _api():
     return HfApi()
 
 
-def plan_upload(repo_id: str, folder: Path, api=None) -> UploadPlan:
+def plan_upload(repo_id: str, folder: Path, api=None, repo_type: str = "model") -> UploadPlan:
     """Which files of folder the repo lacks or holds with other content (a missing repo lacks them all)."""
     from huggingface_hub.errors import RepositoryNotFoundError
 
     api = api or _api()
     files = local_files(folder)
     try:
-        remote = {f.path: f for f in api.get_paths_info(repo_id, list(files), repo_type="model")}
+        remote = {f.path: f for f in api.get_paths_info(repo_id, list(files), repo_type=repo_type)}
     except RepositoryNotFoundError:
         remote = {}
     upload = [p for p, f in files.items() if not _same(remote.get(p), f)]
@@ -83,22 +83,23 @@ def plan_upload(repo_id: str, folder: Path, api=None) -> UploadPlan:
 
 
 def upload_folder(folder: Path, repo_id: str, *, private: bool = False, message: str = "Upload with hfq",
-                  resume_hint: str = "") -> str | None:
+                  resume_hint: str = "", repo_type: str = "model", space_sdk: str | None = None) -> str | None:
     """create_repo(exist_ok=True), then one commit with the missing or changed files. Returns the commit URL, or
-    None when the repo already had everything. Raises PushError (network, HTTP, auth) with resume_hint."""
+    None when the repo already had everything. Raises PushError (network, HTTP, auth) with resume_hint.
+    repo_type "space" needs space_sdk ("gradio")."""
     from huggingface_hub import CommitOperationAdd
 
     api = _api()
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        plan = plan_upload(repo_id, folder, api)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, space_sdk=space_sdk)
+        plan = plan_upload(repo_id, folder, api, repo_type)
         if not plan.upload:
             logger.info("hfq: %s is up to date (%d files); no commit", repo_id, len(plan.unchanged))
             return None
         files = local_files(folder)
         logger.info("hfq: %s: uploading %d file(s), %d unchanged", repo_id, len(plan.upload), len(plan.unchanged))
         ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(files[p])) for p in plan.upload]
-        info = api.create_commit(repo_id, operations=ops, commit_message=message)
+        info = api.create_commit(repo_id, operations=ops, commit_message=message, repo_type=repo_type)
         return info.commit_url
     except (TypeError, AttributeError, NameError, KeyError, PushError):
         raise  # bugs, not the network

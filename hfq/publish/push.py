@@ -151,7 +151,8 @@ def prepare(base: str, variant_names, out: str | Path, *, repo: str | None = Non
     for v in vs:
         folder = out / f"{stem}-{v.repo_suffix()}"
         fp = _fingerprint(**key, variant=v.name, settings=v.settings,
-                          calibration=hashlib.sha256(calibration[0].encode()).hexdigest() if v.calibrated else None)
+                          calibration=hashlib.sha256(calibration[0].encode()).hexdigest() if v.calibrated else None,
+                          **({"scored_by": gguf_scorer()} if v.kind == "gguf" else {}))
         gguf_file = folder / f"{stem}-{v.name}.gguf" if v.kind == "gguf" else None
         stored = _read_json(folder / EVAL_FILE) or {}
         result = stored.get(v.name) if gguf_file else stored
@@ -222,18 +223,40 @@ def _make_gguf(v, src, tok, base_model, windows, folder: Path, source: str, fp: 
         gguf_file.unlink()
     export_gguf(base_model, tok, gguf_file, quant_type=v.settings["quant_type"],
                 name=Path(base_name.rstrip("/")).name, progress=progress)
-    result = {"model": v.name, "variant": v.name, "text": source, "fingerprint": fp, "machine": machine()}
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        logger.warning("hfq: llama-cpp-python is not installed, so %s is not evaluated (size only); "
-                       "`pip install llama-cpp-python` to score GGUF files.", gguf_file.name)
-    else:
+    result = {"model": v.name, "variant": v.name, "text": source, "fingerprint": fp, "machine": machine(),
+              "scored_by": gguf_scorer()}
+    if result["scored_by"] == SCORED_BY_LLAMA_CPP:
         result.update(measure(str(gguf_file), base_model, tok, windows, progress=progress, decode_tokens=0))
+    else:
+        logger.warning("hfq: llama-cpp-python is not installed, so %s is scored by transformers' GGUF loader "
+                       "(its weights dequantized to float32); `pip install llama-cpp-python` to score it in "
+                       "llama.cpp.", gguf_file.name)
+        model = _load_gguf_weights(gguf_file)
+        result.update(measure(model, base_model, tok, windows, progress=progress, decode_tokens=0))
+        del model
     result["size"] = size(gguf_file)
     stored = _read_json(folder / EVAL_FILE) or {}
     _write_json(folder / EVAL_FILE, {**stored, v.name: result})
     return result
+
+
+SCORED_BY_LLAMA_CPP = "llama.cpp (llama-cpp-python)"
+SCORED_BY_TRANSFORMERS = "transformers' GGUF loader (weights dequantized to float32; no llama-cpp-python)"
+
+
+def gguf_scorer() -> str:
+    """Who scores GGUF files here: llama.cpp when llama-cpp-python is installed, else transformers' loader."""
+    import importlib.util
+
+    return SCORED_BY_LLAMA_CPP if importlib.util.find_spec("llama_cpp") else SCORED_BY_TRANSFORMERS
+
+
+def _load_gguf_weights(gguf_file: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
+                                                dtype=torch.float32).eval()
 
 
 def push_variants(base: str, variant_names, repo: str, *, out: str | Path | None = None, text: str | None = None,
