@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..verify import sha256_file
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,14 +26,6 @@ class UploadPlan:
     repo_id: str
     upload: list[str]       # paths in repo to send
     unchanged: list[str]    # already on the Hub with the same content
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def git_blob_id(path: Path) -> str:

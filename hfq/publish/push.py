@@ -256,7 +256,7 @@ def _load_gguf_weights(gguf_file: Path):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
-                                                dtype=torch.float32).eval()
+                                                dtype=torch.float32, **NO_REMOTE_CODE).eval()
 
 
 def push_variants(base: str, variant_names, repo: str, *, out: str | Path | None = None, text: str | None = None,
