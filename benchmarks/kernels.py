@@ -9,7 +9,7 @@ torch's own int4 kernel (aten._weight_int4pack_mm_for_cpu, bfloat16, group 128).
 Rounds are interleaved (every row once per round), so noise from the other core hits all rows alike; the median
 over rounds is reported.
 Prefill (512 x 4096 x 4096): hfq against torch's matmul in bfloat16 and float32.
-k-quants also run with the opt-in int8 activations (rows "Q4_K int8-act" ...) on AVX-512.
+GGML types also run with the opt-in int8 activations (rows "Q4_K int8-act" ...) on AVX-512.
 ggml: with --ggml-bench PATH (test-backend-ops, built from the llama-cpp-python sdist: see README), its MUL_MAT
 perf for the same types, shape and thread count runs as a subprocess and is parsed.
 
@@ -83,7 +83,7 @@ def formats(w: torch.Tensor) -> dict:
         add(qt, {"weight": quantize_rows(w, qt, None)},
             lambda x, tt, qt=qt: ops.linear_ggml(x, tt["weight"], qt, K, None))
     if build.cpu_isa() == "avx512":   # the opt-in int8 activations (docs/kernels.md); two mode switches per call
-        for qt in [t for t in GGML_TYPES if t.endswith("_K")]:
+        for qt in GGML_TYPES:
             add(f"{qt} int8-act", {"weight": quantize_rows(w, qt, None)},
                 lambda x, tt, qt=qt: _int8(lambda: ops.linear_ggml(x, tt["weight"], qt, K, None)))
     return out

@@ -52,9 +52,11 @@ def act_block(kind: str, group: int | None = None, in_features: int | None = Non
     """(columns per activation block, quantization levels) of hfq's CPU GEMV engine (docs/kernels.md): int16 per
     64 columns, or per weight group up to 256 columns where the group is wider (int groups of 128 and more,
     per-channel rows); with int8 activations (HFQ_CPU_ACTIVATIONS=int8, AVX-512) k-quants whose rows are whole
-    256-column super-blocks use int8 per super-block, as llama.cpp does."""
+    256-column super-blocks use int8 per super-block, and the 32-column types int8 per block, as llama.cpp does."""
     if int8 and kind in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K") and in_features % 256 == 0:
         return 256, 127
+    if int8 and kind in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
+        return 32, 127
     if kind == "int" and group is not None:
         if group == -1 or group == in_features:
             return 256, 32767

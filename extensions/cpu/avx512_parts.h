@@ -11,4 +11,8 @@ void dequant(const Weight& w, int64_t r0, int64_t r1, void* out, int out_type);
 bool k8(const Weight& w, const Acts& a);
 void prep_k8(const Weight& w, Acts& a);
 void gemv_k8(const Weight& w, const Acts& a, int64_t r0, int64_t r1, float* y);
+// the 32-column GGML blocks with int8 activations (kern_avx512_q8.cpp)
+bool q8(const Weight& w, const Acts& a);
+void prep_q8(const Weight& w, Acts& a);
+void gemv_q8(const Weight& w, const Acts& a, int64_t r0, int64_t r1, float* y);
 }  // namespace hfq_cpu::avx512

@@ -120,6 +120,7 @@ bool fast(const Weight& W) {
 
 void prep(const Weight& W, Acts& a) {
   if (avx512::k8(W, a)) return avx512::prep_k8(W, a);
+  if (avx512::q8(W, a)) return avx512::prep_q8(W, a);
   const Slot s = slot_of(W);
   const int cpb = chunks_per_block(W);
   alignas(64) int idx[4][16];
@@ -167,6 +168,7 @@ void prep(const Weight& W, Acts& a) {
 void gemv(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
   if (!fast(W)) return gemv_generic<dot>(W, a, r0, r1, y);
   if (avx512::k8(W, a)) return avx512::gemv_k8(W, a, r0, r1, y);
+  if (avx512::q8(W, a)) return avx512::gemv_q8(W, a, r0, r1, y);
   switch (W.fmt) {
     case FMT_INT:
       if (W.bits == 4) return run(IntRow<4>(W), W, a, r0, r1, y);

@@ -54,8 +54,8 @@ const Kernels*& current() {
 
 std::string isa() { return current()->isa; }
 
-// GEMV activations: int16 (default) or, for k-quants on AVX-512, int8 per 256 columns as llama.cpp does
-// (about 2x faster, with the KL cost measured in docs/kernels.md). HFQ_CPU_ACTIVATIONS=int8 chooses it.
+// GEMV activations: int16 (default) or, for GGML types on AVX-512, int8 per 256 (k-quants) or 32 columns as
+// llama.cpp does (about 2x faster, with the KL cost measured in docs/kernels.md). HFQ_CPU_ACTIVATIONS=int8 chooses it.
 bool& int8_acts() {
   static bool on = [] { const char* v = std::getenv("HFQ_CPU_ACTIVATIONS"); return v && std::string(v) == "int8"; }();
   return on;
@@ -216,7 +216,7 @@ at::Tensor run_linear(const at::Tensor& x, const Weight& W, const std::optional<
       if (k->fast(W)) {
         q = at::empty({M, a.chunks, 64}, at::TensorOptions().dtype(at::kShort));
         d = at::empty({M, a.chunks}, at::TensorOptions().dtype(at::kFloat));
-        s = at::empty({M, a.chunks, 4}, at::TensorOptions().dtype(at::kFloat));
+        s = at::empty({M, a.chunks, 32}, at::TensorOptions().dtype(at::kFloat));   // 4 per chunk; 32 for q8
         a.q = q.data_ptr<int16_t>();
         a.d = d.data_ptr<float>();
         a.s16 = s.data_ptr<float>();
