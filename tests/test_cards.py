@@ -132,3 +132,38 @@ def test_make_card_escapes_everything(made):
     assert "`rm" not in body and 'from_pretrained("a\\"b\'c")' in body
     row = next(ln for ln in body.splitlines() if ln.startswith("| x&quot;"))
     assert row.count("|") == 9  # eight cells: the '|' in the name did not split the row
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_card_names_the_embedding_and_head_storage(tmp_path, tied):
+    """The card's embedding section against the safetensors file itself: each table's size is the bytes of its
+    stored tensors, and a tied head has no tensor of its own."""
+    import hfq
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=1, vocab_size=96, tie_word_embeddings=tied)).save_pretrained(
+        tmp_path / "base")
+    model = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "base", quantization_config=hfq.HfqConfig(method="nf4", double_quant=True, embeddings="int8"))
+    model.save_pretrained(tmp_path / "q")
+    card = make_card(tmp_path / "q", command="hfq quantize base --method nf4 --double-quant --embeddings int8").text
+    section = card.split("## Embedding and output head", 1)[1].split("## ", 1)[0]
+    with safe_open(tmp_path / "q" / "model.safetensors", "pt") as f:
+        size = {m: sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys()
+                       if k.startswith(m + ".")) for m in ("model.embed_tokens", "lm_head")}
+    # int8 per row: 96 x 64 bytes of codes plus one float16 scale per row = 8.25 bits per weight
+    assert f"| model.embed_tokens | int8 | {size['model.embed_tokens'] / 1e6:.2f} MB, 8.250 bits per weight |" in section
+    if tied:
+        assert size["lm_head"] == 0
+        assert "| lm_head | int8 | tied to `model.embed_tokens`, stored once |" in section
+    else:
+        assert f"| lm_head | int8 | {size['lm_head'] / 1e6:.2f} MB, 8.250 bits per weight |" in section
+
+
+def test_card_says_when_embeddings_stay_float(made):
+    base, out, records = made
+    card = (out / "tiny-nf4-dq" / "README.md").read_text()
+    section = card.split("## Embedding and output head", 1)[1].split("## ", 1)[0]
+    assert "Not quantized" in section and "|" not in section

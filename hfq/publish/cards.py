@@ -101,6 +101,10 @@ def make_card(info: dict | str | Path, *, command: str, base_model: str | None =
         "n_chunks": first.get("chunks"), "n_ctx": first.get("n_ctx"), "machine": _text(first.get("machine", "CPU")),
         "modules": [{"name": _text(k), "weights": f"{v['weights']:,}", "bpw": _num(v["bpw"], "bpw")}
                     for k, v in (info.get("modules") or {}).items()],
+        "embeddings": [{"name": _text(n), "type": _text(e.get("type") or "?"),
+                        "stored": f"tied to `{_code(e['tied_to'])}`, stored once" if "tied_to" in e
+                        else f"{e.get('bytes', 0) / 1e6:.2f} MB, {_num(e.get('bpw'), 'bpw')} bits per weight"}
+                       for n, e in (info.get("embeddings") or {}).items()],
         "repo_literal": _code(json.dumps(repo_id or str(folder))), "command": _code_lines(command),
         "calibration": _text(calibration) if calibration else NO_CALIBRATION, "note": _text(note) if note else "",
         "config_json": _code(json.dumps(cfg, sort_keys=True)), "hfq_version": __version__, "files": files,
