@@ -1,7 +1,15 @@
-// AVX2+FMA kernels: the exact decoders (auto-vectorized for AVX2) and the generic engine with an FMA dot.
+// AVX2+FMA kernels: the exact decoders (auto-vectorized for AVX2) and an integer GEMV engine for CPUs without
+// AVX-512. x is quantized once per call to int16 per 64 columns (scale = max|x| / 32767, as the AVX-512 engine);
+// each 32-column block of a row unpacks to two vectors of 16 int16 codes (zero points and code offsets
+// subtracted, k-quant 16-column sub-block scales multiplied in as integers), vpmaddwd takes the products into
+// int32, and one float multiply-add per block applies weight scale x activation scale. Minimums (Q4_1, Q5_1,
+// Q2_K, Q4_K, Q5_K) use float32 sums of x per 16 columns. nf4/fp4 values go through an int16 table (step 2^-14
+// of its largest value). Layouts it does not take (other int widths, groups under 32, act-order) use the exact
+// decoders and a float32 dot product.
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -9,6 +17,10 @@
 
 namespace {
 #include "decode.h"
+
+using namespace hfq_cpu;
+
+#define HFQ_INLINE inline __attribute__((always_inline))
 
 float dot(const float* a, const float* b, int64_t n) {
   __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
@@ -26,11 +38,297 @@ float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-bool never(const hfq_cpu::Weight&) { return false; }
-void no_prep(const hfq_cpu::Weight&, hfq_cpu::Acts&) {}
+HFQ_INLINE float h2f(const u8* p) { uint16_t h; std::memcpy(&h, p, 2); return _cvtsh_ss(h); }
+HFQ_INLINE __m256i u8x16(const u8* p) { return _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)p)); }
+HFQ_INLINE __m256i bits16(uint32_t m) {   // word j = 16 where bit j of m is set
+  const __m256i b = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
+                                      (short)0x8000);
+  const __m256i t = _mm256_and_si256(_mm256_set1_epi16((short)m), b);
+  return _mm256_and_si256(_mm256_cmpeq_epi16(t, b), _mm256_set1_epi16(16));
+}
+HFQ_INLINE __m256i shr(__m256i v, int n) { return _mm256_srl_epi16(v, _mm_cvtsi32_si128(n)); }
+
+// Slot orders of x within a 32-column block, matching how each format's codes unpack.
+enum Slot { NAT, EO32, EO16 };
+inline int slot_col(Slot s, int j) {
+  if (s == EO32) return j < 16 ? 2 * j : 2 * (j - 16) + 1;
+  if (s == EO16) { const int t = j % 16; return 16 * (j / 16) + (t < 8 ? 2 * t : 2 * (t - 8) + 1); }
+  return j;
+}
+inline Slot slot_of(const Weight& W) {
+  if (W.fmt == FMT_LUT4) return EO16;
+  if (W.fmt == FMT_INT && W.bits == 4) return EO32;
+  return NAT;
+}
+
+// One 32-column block b of the current row: codes A (slots 0..15), B (slots 16..31), the float factor s of their
+// integer dot product, and the minimum factors of natural columns 0..15 and 16..31 (0: none).
+struct Blk { __m256i A, B; float s, mA, mB; };
+
+struct IntRow {
+  const Weight& W;
+  const u8* row = nullptr; const uint16_t* sc = nullptr; const u8* zp = nullptr;
+  int64_t G;
+  explicit IntRow(const Weight& w) : W(w), G(w.in / w.group) {}
+  void seek(int64_t r) { row = W.w + r * W.row_bytes; sc = W.scales + r * G; zp = W.zeros ? W.zeros + r * G : nullptr; }
+  HFQ_INLINE void block(int64_t b, Blk& k) const {
+    const int64_t g = 32 * b / W.group;
+    k.s = _cvtsh_ss(sc[g]);
+    k.mA = k.mB = 0.f;
+    const __m256i z = _mm256_set1_epi16((short)(zp ? zp[g] : 1 << (W.bits - 1)));
+    if (W.bits == 4) {   // byte i: column 2i in the low nibble, 2i + 1 in the high
+      const __m256i w = u8x16(row + 16 * b);
+      k.A = _mm256_sub_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0xF)), z);
+      k.B = _mm256_sub_epi16(_mm256_srli_epi16(w, 4), z);
+    } else {
+      k.A = _mm256_sub_epi16(u8x16(row + 32 * b), z);
+      k.B = _mm256_sub_epi16(u8x16(row + 32 * b + 16), z);
+    }
+  }
+};
+
+struct LutRow {   // nf4/fp4: codes over the flattened weight, first code in the high nibble
+  const Weight& W;
+  const u8* row = nullptr; const float* am = nullptr;
+  int64_t base = 0;
+  __m256i tlo, thi;
+  float inv;
+  explicit LutRow(const Weight& w) : W(w) {
+    float mx = 0;
+    for (int i = 0; i < 16; ++i) mx = W.lut[i] > mx ? W.lut[i] : (-W.lut[i] > mx ? -W.lut[i] : mx);
+    const float scale = mx > 0 ? 16383.f / mx : 0.f;   // two vpmaddwd of 2^14 x 2^15 stay below 2^31
+    inv = mx > 0 ? mx / 16383.f : 0.f;
+    alignas(16) uint8_t lo[16], hi[16];
+    for (int i = 0; i < 16; ++i) {
+      const uint16_t t = (uint16_t)(int16_t)__builtin_lrintf(W.lut[i] * scale);
+      lo[i] = (uint8_t)(t & 0xFF);
+      hi[i] = (uint8_t)(t >> 8);
+    }
+    tlo = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i*)lo));
+    thi = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i*)hi));
+  }
+  void seek(int64_t r) { base = r * W.in; row = W.w + base / 2; am = W.absmax; }
+  HFQ_INLINE void block(int64_t b, Blk& k) const {
+    k.s = am[(base + 32 * b) / W.group] * inv;
+    k.mA = k.mB = 0.f;
+    const __m128i v = _mm_loadu_si128((const __m128i*)(row + 16 * b)), m4 = _mm_set1_epi8(0xF);
+    const __m256i idx = _mm256_set_m128i(_mm_and_si128(v, m4), _mm_and_si128(_mm_srli_epi16(v, 4), m4));
+    const __m256i l = _mm256_shuffle_epi8(tlo, idx), h = _mm256_shuffle_epi8(thi, idx);
+    k.A = _mm256_unpacklo_epi8(l, h);
+    k.B = _mm256_unpackhi_epi8(l, h);
+  }
+};
+
+template <int FMT>
+struct G32Row {   // Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
+  static constexpr int BYTES = FMT == FMT_Q4_0 ? 18 : FMT == FMT_Q4_1 ? 20 : FMT == FMT_Q5_0 ? 22
+                               : FMT == FMT_Q5_1 ? 24 : 34;
+  const Weight& W;
+  const u8* row = nullptr;
+  explicit G32Row(const Weight& w) : W(w) {}
+  void seek(int64_t r) { row = W.w + r * W.row_bytes; }
+  HFQ_INLINE void block(int64_t b, Blk& k) const {
+    const u8* p = row + b * BYTES;
+    k.s = h2f(p);
+    k.mA = k.mB = (FMT == FMT_Q4_1 || FMT == FMT_Q5_1) ? h2f(p + 2) : 0.f;
+    if (FMT == FMT_Q8_0) {
+      k.A = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(p + 2)));
+      k.B = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(p + 18)));
+      return;
+    }
+    const int qs = FMT == FMT_Q4_0 ? 2 : FMT == FMT_Q4_1 ? 4 : FMT == FMT_Q5_0 ? 6 : 8;
+    const __m256i w = u8x16(p + qs);
+    k.A = _mm256_and_si256(w, _mm256_set1_epi16(0xF));
+    k.B = _mm256_srli_epi16(w, 4);
+    if (FMT == FMT_Q5_0 || FMT == FMT_Q5_1) {
+      const uint32_t qh = load_u32(p + (FMT == FMT_Q5_0 ? 2 : 4));
+      k.A = _mm256_or_si256(k.A, bits16(qh & 0xFFFF));
+      k.B = _mm256_or_si256(k.B, bits16(qh >> 16));
+    }
+    if (FMT == FMT_Q4_0 || FMT == FMT_Q5_0) {
+      const __m256i off = _mm256_set1_epi16(FMT == FMT_Q4_0 ? 8 : 16);
+      k.A = _mm256_sub_epi16(k.A, off);
+      k.B = _mm256_sub_epi16(k.B, off);
+    }
+  }
+};
+
+template <int FMT>
+struct KRow {   // Q2_K..Q6_K: 256-column super-blocks of eight 32-column blocks
+  static constexpr int BYTES = FMT == FMT_Q2_K ? 84 : FMT == FMT_Q3_K ? 110 : FMT == FMT_Q4_K ? 144
+                               : FMT == FMT_Q5_K ? 176 : 210;
+  const Weight& W;
+  const u8* row = nullptr;
+  mutable const u8* sb = nullptr;
+  mutable float d = 0, dmin = 0;
+  mutable int sc[16], mn[16];
+  explicit KRow(const Weight& w) : W(w) {}
+  void seek(int64_t r) { row = W.w + r * W.row_bytes; }
+  HFQ_INLINE void superblock(const u8* p) const {
+    sb = p;
+    if (FMT == FMT_Q2_K) {
+      d = h2f(p + 80); dmin = h2f(p + 82);
+      for (int j = 0; j < 16; ++j) { sc[j] = p[j] & 0xF; mn[j] = p[j] >> 4; }
+    } else if (FMT == FMT_Q3_K) {
+      d = h2f(p + 108);
+      for (int j = 0; j < 16; ++j) sc[j] = q3_scale(p + 96, j) - 32;
+    } else if (FMT == FMT_Q6_K) {
+      d = h2f(p + 208);
+      for (int j = 0; j < 16; ++j) sc[j] = (int8_t)p[192 + j];
+    } else {
+      d = h2f(p); dmin = h2f(p + 2);
+      for (int j = 0; j < 8; ++j) k4_scale_min(p + 4, j, &sc[j], &mn[j]);
+    }
+  }
+  HFQ_INLINE void block(int64_t b, Blk& k) const {
+    const int bi = (int)(b & 7);
+    if (bi == 0) superblock(row + (b >> 3) * BYTES);
+    const u8* p = sb;
+    const __m256i m3 = _mm256_set1_epi16(3), m4 = _mm256_set1_epi16(0xF);
+    if (FMT == FMT_Q4_K || FMT == FMT_Q5_K) {   // block bi: nibble bi & 1 of qs[32 (bi / 2) + l]
+      const u8* qs = p + (FMT == FMT_Q4_K ? 16 : 48) + 32 * (bi >> 1);
+      const __m256i wa = u8x16(qs), wb = u8x16(qs + 16);
+      k.A = bi & 1 ? _mm256_srli_epi16(wa, 4) : _mm256_and_si256(wa, m4);
+      k.B = bi & 1 ? _mm256_srli_epi16(wb, 4) : _mm256_and_si256(wb, m4);
+      if (FMT == FMT_Q5_K) {   // bit bi of qh[l]
+        const __m256i one = _mm256_set1_epi16(1);
+        k.A = _mm256_or_si256(k.A, _mm256_slli_epi16(_mm256_and_si256(shr(u8x16(p + 16), bi), one), 4));
+        k.B = _mm256_or_si256(k.B, _mm256_slli_epi16(_mm256_and_si256(shr(u8x16(p + 32), bi), one), 4));
+      }
+      k.s = d * (float)sc[bi];
+      k.mA = k.mB = -dmin * (float)mn[bi];
+      return;
+    }
+    const int h = bi >> 2, t = bi & 3;
+    __m256i qa, qb;
+    if (FMT == FMT_Q6_K) {   // low nibble t >> 1 of ql[64h + 32(t & 1) + l], bits 2t of qh[32h + l]
+      const u8* ql = p + 64 * h + 32 * (t & 1);
+      const __m256i la = u8x16(ql), lb = u8x16(ql + 16);
+      qa = t >> 1 ? _mm256_srli_epi16(la, 4) : _mm256_and_si256(la, m4);
+      qb = t >> 1 ? _mm256_srli_epi16(lb, 4) : _mm256_and_si256(lb, m4);
+      qa = _mm256_or_si256(qa, _mm256_slli_epi16(_mm256_and_si256(shr(u8x16(p + 128 + 32 * h), 2 * t), m3), 4));
+      qb = _mm256_or_si256(qb, _mm256_slli_epi16(_mm256_and_si256(shr(u8x16(p + 144 + 32 * h), 2 * t), m3), 4));
+      qa = _mm256_sub_epi16(qa, _mm256_set1_epi16(32));
+      qb = _mm256_sub_epi16(qb, _mm256_set1_epi16(32));
+    } else {   // Q2_K, Q3_K: bits 2t of qs[32h + l]; Q3_K's third bit is bit bi of hmask[l]
+      const u8* qs = p + (FMT == FMT_Q3_K ? 32 : 16) + 32 * h;
+      qa = _mm256_and_si256(shr(u8x16(qs), 2 * t), m3);
+      qb = _mm256_and_si256(shr(u8x16(qs + 16), 2 * t), m3);
+      if (FMT == FMT_Q3_K) {
+        const __m256i one = _mm256_set1_epi16(1), four = _mm256_set1_epi16(4);
+        qa = _mm256_sub_epi16(_mm256_or_si256(qa, _mm256_slli_epi16(_mm256_and_si256(shr(u8x16(p), bi), one), 2)), four);
+        qb = _mm256_sub_epi16(_mm256_or_si256(qb, _mm256_slli_epi16(_mm256_and_si256(shr(u8x16(p + 16), bi), one), 2)), four);
+      }
+    }
+    k.A = _mm256_mullo_epi16(qa, _mm256_set1_epi16((short)sc[2 * bi]));
+    k.B = _mm256_mullo_epi16(qb, _mm256_set1_epi16((short)sc[2 * bi + 1]));
+    k.s = d;
+    k.mA = FMT == FMT_Q2_K ? -dmin * (float)mn[2 * bi] : 0.f;
+    k.mB = FMT == FMT_Q2_K ? -dmin * (float)mn[2 * bi + 1] : 0.f;
+  }
+};
+
+HFQ_INLINE float hsum(__m256 v) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+
+template <class R, int MT>
+HFQ_INLINE void run_row(R& row, const Weight& W, const Acts& a, int m0, int64_t r, float* y) {
+  __m256 f[MT];
+  float fb[MT];
+  for (int m = 0; m < MT; ++m) { f[m] = _mm256_setzero_ps(); fb[m] = 0.f; }
+  const int64_t nb = W.in / 32, cs = a.chunks;
+  Blk k;
+  for (int64_t b = 0; b < nb; ++b) {
+    row.block(b, k);
+    const int64_t c = b >> 1;
+    for (int m = 0; m < MT; ++m) {
+      const int64_t i = (m0 + m) * cs + c;
+      const int16_t* xq = a.q + i * 64 + 32 * (b & 1);
+      const __m256i p = _mm256_add_epi32(_mm256_madd_epi16(k.A, _mm256_loadu_si256((const __m256i*)xq)),
+                                         _mm256_madd_epi16(k.B, _mm256_loadu_si256((const __m256i*)(xq + 16))));
+      f[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(k.s * a.d[i]), f[m]);
+      if (k.mA != 0.f || k.mB != 0.f) {
+        const float* s = a.s16 + i * 4 + 2 * (b & 1);
+        fb[m] += k.mA * s[0] + k.mB * s[1];
+      }
+    }
+  }
+  for (int m = 0; m < MT; ++m) y[(m0 + m) * W.out + r] = hsum(f[m]) + fb[m];
+}
+
+template <class R>
+void run(R row, const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
+  for (int64_t r = r0; r < r1; ++r) {
+    int m0 = 0;
+    for (; m0 + 4 <= a.m; m0 += 4) { row.seek(r); run_row<R, 4>(row, W, a, m0, r, y); }
+    row.seek(r);
+    switch (a.m - m0) {
+      case 3: run_row<R, 3>(row, W, a, m0, r, y); break;
+      case 2: run_row<R, 2>(row, W, a, m0, r, y); break;
+      case 1: run_row<R, 1>(row, W, a, m0, r, y); break;
+      default: break;
+    }
+  }
+}
+
+bool fast(const Weight& W) {
+  if (W.g_idx || W.in % 32) return false;
+  if (W.fmt == FMT_INT) return (W.bits == 4 || W.bits == 8) && W.group % 32 == 0;
+  if (W.fmt == FMT_LUT4) return W.group % 32 == 0;
+  return true;
+}
+
+void prep(const Weight& W, Acts& a) {
+  const Slot s = slot_of(W);
+  int src[32];
+  for (int j = 0; j < 32; ++j) src[j] = slot_col(s, j);
+  for (int m = 0; m < a.m; ++m) {
+    const float* x = a.x + m * a.k;
+    for (int64_t c = 0; c < a.chunks; ++c) {
+      alignas(32) float v[64];
+      const int64_t k0 = 64 * c, n = a.k - k0 < 64 ? a.k - k0 : 64;
+      float mx = 0.f, total = 0.f;
+      for (int j = 0; j < 64; ++j) v[j] = j < n ? x[k0 + j] : 0.f;
+      for (int j = 0; j < 4; ++j) {
+        float t = 0.f;
+        for (int l = 0; l < 16; ++l) t += v[16 * j + l];
+        a.s16[(m * a.chunks + c) * 4 + j] = t;
+        total += t;
+      }
+      for (int j = 0; j < 64; ++j) mx = std::fabs(v[j]) > mx ? std::fabs(v[j]) : mx;
+      const bool finite = total - total == 0.f;   // a nan or inf in x must reach y, as in the reference
+      const float inv = mx > 0 && finite ? 32767.f / mx : 0.f;
+      a.d[m * a.chunks + c] = finite ? mx / 32767.f : __builtin_nanf("");
+      int16_t* q = a.q + (m * a.chunks + c) * 64;
+      for (int h = 0; h < 2; ++h)
+        for (int j = 0; j < 32; ++j) q[32 * h + j] = (int16_t)__builtin_lrintf(v[32 * h + src[j]] * inv);
+    }
+  }
+}
+
+void gemv(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
+  if (!fast(W)) return gemv_generic<dot>(W, a, r0, r1, y);
+  switch (W.fmt) {
+    case FMT_INT: return run(IntRow(W), W, a, r0, r1, y);
+    case FMT_LUT4: return run(LutRow(W), W, a, r0, r1, y);
+    case FMT_Q4_0: return run(G32Row<FMT_Q4_0>(W), W, a, r0, r1, y);
+    case FMT_Q4_1: return run(G32Row<FMT_Q4_1>(W), W, a, r0, r1, y);
+    case FMT_Q5_0: return run(G32Row<FMT_Q5_0>(W), W, a, r0, r1, y);
+    case FMT_Q5_1: return run(G32Row<FMT_Q5_1>(W), W, a, r0, r1, y);
+    case FMT_Q8_0: return run(G32Row<FMT_Q8_0>(W), W, a, r0, r1, y);
+    case FMT_Q2_K: return run(KRow<FMT_Q2_K>(W), W, a, r0, r1, y);
+    case FMT_Q3_K: return run(KRow<FMT_Q3_K>(W), W, a, r0, r1, y);
+    case FMT_Q4_K: return run(KRow<FMT_Q4_K>(W), W, a, r0, r1, y);
+    case FMT_Q5_K: return run(KRow<FMT_Q5_K>(W), W, a, r0, r1, y);
+    default: return run(KRow<FMT_Q6_K>(W), W, a, r0, r1, y);
+  }
+}
 
 }  // namespace
 
 namespace hfq_cpu {
-const Kernels kernels_avx2 = {"avx2", dequant_rows, never, no_prep, gemv_generic<dot>};
+const Kernels kernels_avx2 = {"avx2", dequant_rows, fast, prep, gemv};
 }
