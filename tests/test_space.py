@@ -216,6 +216,16 @@ def test_score_text_over_the_limit_is_refused(export_dir):
         cmp.score_text("word " * 3000)
     with pytest.raises(ValueError, match="the prompt is empty"):
         cmp.divergence("  ", 4)
+    with pytest.raises(ValueError, match="the limit is 512: shorten it"):
+        cmp.divergence("word " * 2000, 4)
+
+
+def test_page_asks_for_no_hub_token():
+    """No login button and no secret field: the page reads the Hub with what huggingface_hub already has."""
+    demo = _app().build(comparison(models=["gemma-3-270m"]))
+    blocks = list(demo.blocks.values())
+    assert not [b for b in blocks if isinstance(b, gr.LoginButton)]
+    assert not [b for b in blocks if isinstance(b, gr.Textbox) and b.type == "password"]
 
 
 def test_prompt_over_the_limit_is_refused(page_of_variants):
