@@ -188,17 +188,19 @@ class Comparison:
         return rows
 
     # --- divergence ----------------------------------------------------------------------------------------
-    def _top1(self, loaded, full: list[int]) -> list[int]:
-        """The model's top-1 next token after every position of `full` (one forward pass, teacher-forced)."""
+    def _top1(self, loaded, full: list[int], n: int) -> list[int]:
+        """The model's top-1 next token after each of the last n positions of `full` but the final one: one
+        teacher-forced pass. Only those n rows of logits are kept (Gemma's are 1 MB a row)."""
         if loaded.kind == "gguf":
             import numpy as np
 
             llm = loaded.model
             llm.reset()
             llm.eval(full)
-            return np.asarray(llm.scores[: len(full)]).argmax(-1).tolist()
+            return np.asarray(llm.scores[len(full) - n - 1: len(full) - 1]).argmax(-1).tolist()
         with torch.no_grad():
-            return loaded.model(input_ids=torch.tensor([full])).logits[0].argmax(-1).tolist()
+            logits = loaded.model(input_ids=torch.tensor([full]), logits_to_keep=n + 1).logits[0]
+        return logits[:-1].argmax(-1).tolist()
 
     def divergence(self, prompt: str, max_new_tokens: int = 32) -> list[dict]:
         """Where each variant leaves the base, for one prompt. Indices count the new tokens from 0 (the prompt's
@@ -213,7 +215,7 @@ class Comparison:
         tok = self.pool.tokenizer()
         base_new = list(_token_ids(self.pool.get(0), tok, ids, st))
         prompt_ids = ids[0].tolist()
-        full, p = prompt_ids + base_new, len(prompt_ids)
+        full = prompt_ids + base_new
         ctx = prompt_ids[-1:]   # what the answer's first token is decoded after
         out = [{"name": self.specs[0].name, "tokens": base_new, "greedy": base_new, "top1": base_new,
                 "disagree": [], "first": None, "error": None, "context": ctx}]
@@ -224,7 +226,7 @@ class Comparison:
                 loaded = self.pool.get(i)
                 row["greedy"] = list(_token_ids(loaded, tok, ids, st))
                 row["first"] = first_difference(base_new, row["greedy"])
-                row["top1"] = self._top1(loaded, full)[p - 1: len(full) - 1]   # position p-1 predicts new token 0
+                row["top1"] = self._top1(loaded, full, len(base_new))   # the prompt's last predicts token 0
                 row["disagree"] = [k for k, (a, b) in enumerate(zip(row["top1"], base_new)) if a != b]
             except Exception as e:  # noqa: BLE001
                 row["error"] = _first_line(e)

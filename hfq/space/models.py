@@ -95,9 +95,10 @@ def _hub_file(source: str) -> Path:
     return Path(hf_hub_download(m.group(1), m.group(2)))
 
 
-def load(s: Spec, n_ctx: int = 2048) -> Loaded:
+def load(s: Spec, n_ctx: int = 1024) -> Loaded:
     """Load one model (float32 for transformers; llama.cpp with every token's logits kept, for the divergence
-    view). Raises with a message that names the model."""
+    view, over n_ctx: the prompt limit, 512, and the most new tokens, 256, fit). Raises with a message that names
+    the model."""
     if s.kind == "gguf":
         path = Path(s.source) if Path(s.source).is_file() else _hub_file(s.source)
         try:
