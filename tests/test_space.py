@@ -1,72 +1,20 @@
-"""The comparison Space (spaces/hfq-compare/app.py, hfq.space) on tiny models: launched in-process and driven with
-gradio_client, then in a real browser (Debian's chromium through Playwright). References: transformers'
-model.generate, a greedy loop over llama.cpp's logits, the evaluation JSON files, and first differences between
-independently generated greedy answers."""
+"""The comparison Space (spaces/hfq-compare/app.py, hfq.space) on tiny models, launched in-process and driven with
+gradio_client: streamed panels against model.generate and a greedy loop over llama.cpp's logits, the quality
+table against the evaluation JSON files, and the robustness rules (broken and missing variants, limits, lazy
+loading, the queue's concurrency limit, escaping, no token field). The divergence view and the real browser:
+tests/test_space_divergence.py, tests/test_space_browser.py."""
 
-import importlib.util
 import json
-import os
-import shutil
-import socket
-from pathlib import Path
 
 import pytest
 import torch
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio", reason="the Space needs gradio: pip install 'hfq[spaces]'")
 
 import hfq  # noqa: E402,F401
 from hfq.space import comparison  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-PROMPT = "Return the value of"   # the tiny random llama answers it in whole tokens, not stray bytes
-NEW = 12
-EVIL = '<script>window.__hfq_pwned=1</script><img src=x onerror="window.__hfq_pwned=2">'
-CHROMIUM = "/usr/bin/chromium"
-
-
-def _app():
-    spec = importlib.util.spec_from_file_location("hfq_compare_app", ROOT / "spaces" / "hfq-compare" / "app.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _has_llama_cpp() -> bool:
-    return importlib.util.find_spec("llama_cpp") is not None
-
-
-@pytest.fixture(scope="module")
-def variants_dir(export_dir, tmp_path_factory):
-    """What `hfq push --dry-run` writes for a tiny llama: an RTN int4 checkpoint and, with llama-cpp-python, a
-    Q8_0 GGUF file, each evaluated against the base (results.json, hfq_eval.json)."""
-    from hfq.publish.push import prepare
-
-    out = tmp_path_factory.mktemp("space-variants")
-    names = ["rtn-int4-g128", *(["Q8_0"] if _has_llama_cpp() else [])]
-    prepare(str(export_dir("llama")), names, out, ctx=128, chunks=1, progress=False, decode_tokens=0)
-    return out
-
-
-@pytest.fixture(scope="module")
-def broken_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("broken-variant")
-    (d / "config.json").write_text("{ not json")
-    return d
-
-
-def _serve(cmp):
-    demo = _app().build(cmp)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_port(), quiet=True,
-                allowed_paths=demo.hfq_allowed_paths)
-    return demo
+from space_helpers import (EVIL, NEW, PROMPT, _app, _client, _has_llama_cpp, _reference_text, _serve,  # noqa: E402
+                           _variant_folder, broken_dir, variants_dir)  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -75,43 +23,6 @@ def page_of_variants(variants_dir):
     demo = _serve(cmp)
     yield cmp, demo
     demo.close()
-
-
-def _variant_folder(variants_dir) -> Path:
-    return Path(json.loads((variants_dir / "results.json").read_text())["variants"][0]["folder"])
-
-
-def _client(demo):
-    from gradio_client import Client
-
-    return Client(demo.local_url, verbose=False, analytics_enabled=False)
-
-
-def _reference_text(spec_source, tok, ids):
-    """The panel's answer from outside hfq.space: model.generate, or greedy over llama.cpp's logits."""
-    if str(spec_source).endswith(".gguf"):
-        import llama_cpp
-        import numpy as np
-
-        from hfq.evaluation import _no_extra_buffers
-
-        with _no_extra_buffers(llama_cpp):
-            llm = llama_cpp.Llama(model_path=str(spec_source), n_ctx=256, logits_all=True, verbose=False)
-        seq, new = ids[0].tolist(), []
-        llm.eval(seq)
-        for _ in range(NEW):
-            t = int(np.asarray(llm.scores[len(seq) + len(new) - 1]).argmax())
-            if t in {tok.eos_token_id, llm.token_eos()}:
-                break
-            new.append(t)
-            llm.eval([t])
-        return tok.decode(new, skip_special_tokens=True)
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(spec_source, dtype=torch.float32).eval()
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW, do_sample=False,
-                         pad_token_id=tok.eos_token_id)
-    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
 def test_panels_stream_and_equal_greedy_generate(page_of_variants, export_dir):
@@ -148,22 +59,84 @@ def test_quality_table_holds_the_evaluation_json(page_of_variants, variants_dir)
             assert row[4] == f"{r['kl']:.4f}" and row[5] == f"{r['top1']:.3f}"
 
 
-def test_broken_variant_errors_in_its_own_panel(export_dir, variants_dir, broken_dir):
+def test_broken_and_missing_variants_error_in_their_own_panels(export_dir, variants_dir, broken_dir, tmp_path):
+    """A broken config.json and a folder that does not exist: each panel names its model; the base and the good
+    variant still answer as model.generate does, in /compare and in the divergence view."""
     from transformers import AutoTokenizer
 
     good = _variant_folder(variants_dir)
-    cmp = comparison(models=[str(export_dir("llama")), str(broken_dir), str(good)])
+    missing = tmp_path / "no-such-variant"
+    cmp = comparison(models=[str(export_dir("llama")), str(broken_dir), str(missing), str(good)])
     demo = _serve(cmp)
     try:
         final = _client(demo).submit(PROMPT, NEW, 0, 1, 0, api_name="/compare").result()
+        view = _client(demo).predict(PROMPT, 8, api_name="/divergence")
     finally:
         demo.close()
     tok = AutoTokenizer.from_pretrained(export_dir("llama"))
     ids = tok(PROMPT, return_tensors="pt")["input_ids"]
     assert final[1].startswith("error:") and str(broken_dir.name) in final[1], final[1]
-    assert final[4].startswith("**error**")
+    assert final[2].startswith("error:") and str(missing) in final[2] and "is not a folder" in final[2], final[2]
+    assert final[5].startswith("**error**") and final[6].startswith("**error**")
     assert final[0] == _reference_text(export_dir("llama"), tok, ids)
-    assert final[2] == _reference_text(good, tok, ids)
+    assert final[3] == _reference_text(good, tok, ids)
+    assert "tokens/s" in final[4] and "tokens/s" in final[7]
+    assert view.count('data-first="error"') == 2 and 'data-first="error"' not in view.split(good.name)[-1]
+
+
+def test_models_load_lazily_once(export_dir, variants_dir, monkeypatch):
+    import hfq.space.models as models
+
+    calls = []
+    real = models.load
+    monkeypatch.setattr(models, "load", lambda s, **kw: calls.append(s.name) or real(s, **kw))
+    cmp = comparison(models=[str(export_dir("llama")), str(_variant_folder(variants_dir))])
+    _app().build(cmp)
+    assert calls == []                                   # building the page loads nothing
+    for _ in range(2):
+        list(cmp.run(PROMPT, 4))
+    cmp.divergence(PROMPT, 4)
+    assert sorted(calls) == sorted(cmp.names)            # each model once, then cached
+
+
+def test_queue_limits_concurrency():
+    """One request at a time: the models share the CPU cores (and each answer is timed alone)."""
+    app = _app()
+    cmp = comparison(models=["gemma-3-270m"])             # nothing loads until a request
+    demo = app.build(cmp)
+    assert app.CONCURRENCY == 1 and demo._queue.default_concurrency_limit == 1
+    fns = list(demo.fns.values())
+    assert len(fns) == 4 and all(f.queue and f.concurrency_limit == "default" for f in fns)   # none overrides it
+
+
+def test_names_and_errors_are_escaped_in_markdown_and_html(export_dir):
+    """A repo id or card string carrying markup reaches the cost line and the divergence view only escaped."""
+    evil = "evil/" + EVIL
+    cmp = comparison(models=[str(export_dir("llama")), evil])
+    final = list(cmp.run(PROMPT, 4))[-1]
+    assert final[1].startswith("error:") and "<script>" not in final[3] and "&lt;script&gt;" in final[3]
+    html = cmp.divergence_html(cmp.divergence(PROMPT, 4))
+    assert "<script" not in html and "<img" not in html and "&lt;script&gt;" in html
+
+
+def test_score_text_over_the_limit_is_refused(export_dir):
+    from hfq.space import MAX_SCORE_TOKENS
+
+    cmp = comparison(models=[str(export_dir("llama"))])
+    with pytest.raises(ValueError, match=f"the limit is {MAX_SCORE_TOKENS}: shorten it"):
+        cmp.score_text("word " * 3000)
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        cmp.divergence("  ", 4)
+    with pytest.raises(ValueError, match="the limit is 512: shorten it"):
+        cmp.divergence("word " * 2000, 4)
+
+
+def test_page_asks_for_no_hub_token():
+    """No login button and no secret field: the page reads the Hub with what huggingface_hub already has."""
+    demo = _app().build(comparison(models=["gemma-3-270m"]))
+    blocks = list(demo.blocks.values())
+    assert not [b for b in blocks if isinstance(b, gr.LoginButton)]
+    assert not [b for b in blocks if isinstance(b, gr.Textbox) and b.type == "password"]
 
 
 def test_prompt_over_the_limit_is_refused(page_of_variants):
@@ -195,74 +168,3 @@ def test_your_text_scores_every_model(page_of_variants, export_dir):
     assert rows[0][1] == str(len(nll)) and rows[0][2] == f"{torch.tensor(nll).mean().exp().item():.3f}"
     for r in rows[1:]:
         assert float(r[2]) > 1 and 0 <= float(r[3]) and 0 <= float(r[4]) <= 1
-
-
-def test_divergence_marks_the_first_differing_greedy_token(export_dir, variants_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    good = _variant_folder(variants_dir)
-    cmp = comparison(models=[str(export_dir("llama")), str(good)])
-    rows = cmp.divergence(PROMPT, 24)
-    tok = AutoTokenizer.from_pretrained(export_dir("llama"))
-    ids = tok(PROMPT, return_tensors="pt")["input_ids"]
-    answers = []
-    for src in (export_dir("llama"), good):
-        m = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-        answers.append(m.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=tok.eos_token_id)[0,
-                       ids.shape[1]:].tolist())
-    assert rows[0]["tokens"] == answers[0]
-    diff = [k for k, (a, b) in enumerate(zip(*answers)) if a != b]
-    assert rows[1]["first"] == (diff[0] if diff else None)
-    html = cmp.divergence_html(rows)
-    assert html.count('class="hfq-diff"') == len(rows[1]["disagree"])
-
-
-# --- a real browser -------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run does it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    pw = sync_api.sync_playwright().start()
-    b = pw.chromium.launch(executable_path=CHROMIUM)
-    yield b
-    b.close()
-    pw.stop()
-
-
-def test_browser_click_streams_every_panel_and_escapes_names(browser, variants_dir, tmp_path):
-    from playwright.sync_api import expect
-
-    folder = tmp_path / "evil"
-    shutil.copytree(variants_dir, folder)
-    results = json.loads((folder / "results.json").read_text())
-    for r in results["variants"]:   # a hostile variant name, as a card or repo id could carry it
-        for k in ("folder", "file"):
-            if k in r:
-                r[k] = r[k].replace(str(variants_dir), str(folder))
-    results["variants"][0]["variant"] = EVIL
-    (folder / "results.json").write_text(json.dumps(results))
-    cmp = comparison(variants=folder)
-    demo = _serve(cmp)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    try:
-        page.goto(demo.local_url)
-        page.locator("#prompt textarea").fill(PROMPT)
-        page.get_by_role("button", name="Generate").click()
-        for i in range(len(cmp.specs)):
-            expect(page.locator(f"#panel-{i} textarea")).not_to_have_value("", timeout=30_000)
-            expect(page.locator(f"#cost-{i}")).to_contain_text("tokens/s", timeout=30_000)
-        expect(page.locator("#panel-1")).to_contain_text(EVIL)        # the label, shown as text
-        page.get_by_role("tab", name="Divergence").click()
-        page.get_by_role("button", name="Show divergence").click()
-        expect(page.locator("#hfq-divergence")).to_contain_text(EVIL, timeout=30_000)
-        page.get_by_role("tab", name="Side by side").click()
-        shot = Path(os.environ.get("HFQ_TEST_ARTIFACTS", tmp_path)) / "space.png"
-        shot.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(shot), full_page=True)
-        assert shot.stat().st_size > 10_000
-        assert page.evaluate("window.__hfq_pwned") is None
-        assert page.locator("#panel-1 script, #hfq-divergence script, #hfq-divergence img").count() == 0
-    finally:
-        page.close()
-        demo.close()

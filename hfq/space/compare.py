@@ -188,69 +188,119 @@ class Comparison:
         return rows
 
     # --- divergence ----------------------------------------------------------------------------------------
-    def _top1(self, i: int, full: list[int]) -> list[int]:
-        loaded = self.pool.get(i)
+    def _top1(self, loaded, full: list[int], n: int) -> list[int]:
+        """The model's top-1 next token after each of the last n positions of `full` but the final one: one
+        teacher-forced pass. Only those n rows of logits are kept (Gemma's are 1 MB a row)."""
         if loaded.kind == "gguf":
             import numpy as np
 
             llm = loaded.model
             llm.reset()
             llm.eval(full)
-            return np.asarray(llm.scores[: len(full)]).argmax(-1).tolist()
+            return np.asarray(llm.scores[len(full) - n - 1: len(full) - 1]).argmax(-1).tolist()
         with torch.no_grad():
-            return loaded.model(input_ids=torch.tensor([full])).logits[0].argmax(-1).tolist()
+            logits = loaded.model(input_ids=torch.tensor([full]), logits_to_keep=n + 1).logits[0]
+        return logits[:-1].argmax(-1).tolist()
 
     def divergence(self, prompt: str, max_new_tokens: int = 32) -> list[dict]:
-        """The base's greedy tokens, and for each variant the positions where its own top-1, fed the base's
-        tokens, disagrees. The first such position is where the variant's greedy answer first differs (the
-        contexts are the same up to it). Returns [{name, tokens, top1, disagree, first, error}], base first."""
+        """Where each variant leaves the base, for one prompt. Indices count the new tokens from 0 (the prompt's
+        are not counted). Per model: `tokens`, the base's greedy tokens; `greedy`, the model's own greedy tokens;
+        `first`, the first index where they differ (None: the same answer; an answer that ends early differs at
+        its end); `disagree`, every index where the model's top-1, fed the prompt and the base's tokens before
+        it, is not the base's token; `top1`, those top-1s. Up to `first` both answers saw the same context, so
+        `first` is disagree[0] unless a near-tie flips between cached and full-pass logits. `context`: the
+        prompt's last token, which the answer is decoded after. Base first."""
         ids = self.prompt_ids(prompt)
         st = self.settings(max_new_tokens, 0.0, 1.0, 0)
         tok = self.pool.tokenizer()
         base_new = list(_token_ids(self.pool.get(0), tok, ids, st))
         prompt_ids = ids[0].tolist()
-        full, p = prompt_ids + base_new, len(prompt_ids)
-        out = [{"name": self.specs[0].name, "tokens": base_new, "top1": base_new, "disagree": [], "first": None,
-                "error": None}]
+        full = prompt_ids + base_new
+        ctx = prompt_ids[-1:]   # what the answer's first token is decoded after
+        out = [{"name": self.specs[0].name, "tokens": base_new, "greedy": base_new, "top1": base_new,
+                "disagree": [], "first": None, "error": None, "context": ctx}]
         for i in range(1, len(self.specs)):
+            row = {"name": self.specs[i].name, "tokens": base_new, "greedy": [], "top1": [], "disagree": [],
+                   "first": None, "error": None, "context": ctx}
             try:
-                top1 = self._top1(i, full)[p - 1: len(full) - 1]
-                dis = [k for k, (a, b) in enumerate(zip(top1, base_new)) if a != b]
-                out.append({"name": self.specs[i].name, "tokens": base_new, "top1": top1, "disagree": dis,
-                            "first": dis[0] if dis else None, "error": None})
+                loaded = self.pool.get(i)
+                row["greedy"] = list(_token_ids(loaded, tok, ids, st))
+                row["first"] = first_difference(base_new, row["greedy"])
+                row["top1"] = self._top1(loaded, full, len(base_new))   # the prompt's last predicts token 0
+                row["disagree"] = [k for k, (a, b) in enumerate(zip(row["top1"], base_new)) if a != b]
             except Exception as e:  # noqa: BLE001
-                out.append({"name": self.specs[i].name, "tokens": base_new, "top1": [], "disagree": [],
-                            "first": None, "error": _first_line(e)})
+                row["error"] = _first_line(e)
+            out.append(row)
         return out
 
     def divergence_html(self, rows: list[dict]) -> str:
-        """The divergence view: the base's tokens once per variant, disagreements highlighted, the first framed."""
-        tok = self.pool.tokenizer()
-
-        def piece(t: int) -> str:
-            return esc(tok.decode([t])).replace(" ", "&nbsp;") or "&nbsp;"
-
-        base = rows[0]
-        parts = [f'<div id="hfq-divergence"><p><b>{esc(base["name"])}</b> (base, greedy): '
-                 + "".join(f'<span class="hfq-tok">{piece(t)}</span>' for t in base["tokens"]) + "</p>"]
+        """The divergence view: the base's tokens once per variant, top-1 disagreements marked (hover: the
+        variant's top-1), the first differing token framed, then the variant's own greedy tokens from there.
+        data-first holds that index (0-based, new tokens only)."""
+        tok, ctx = self.pool.tokenizer(), rows[0]["context"]
+        base = rows[0]["tokens"]
+        shown = [token_html(t) for t in token_pieces(tok, ctx, base)]
+        parts = [f'<div id="hfq-divergence"><p class="hfq-base"><b>{esc(rows[0]["name"])}</b> (base, greedy, '
+                 f'{len(base)} new tokens): '
+                 + "".join(f'<span class="hfq-tok">{x}</span>' for x in shown) + "</p>"]
         for r in rows[1:]:
             if r["error"]:
-                parts.append(f'<p class="hfq-variant"><b>{esc(r["name"])}</b>: error: {esc(r["error"])}</p>')
+                parts.append(f'<p class="hfq-variant" data-first="error"><b>{esc(r["name"])}</b>: error: '
+                             f'{esc(r["error"])}</p>')
                 continue
-            where = ("the same greedy tokens as the base" if r["first"] is None else
-                     f'greedy tokens first differ at token {r["first"] + 1} of {len(r["tokens"])}; '
-                     f'top-1 disagrees at {len(r["disagree"])}')
+            first = r["first"]
+            where = ("the same greedy tokens as the base" if first is None else
+                     f"its greedy tokens first differ at new token {first + 1} of {len(base)}")
+            where += f"; its top-1 disagrees with the base's token at {len(r['disagree'])}"
             spans = []
-            for k, t in enumerate(r["tokens"]):
+            for k, x in enumerate(shown):
+                frame = "outline:2px solid #c00;" if k == first else ""
                 if k in r["disagree"]:
-                    frame = "outline:2px solid #c00;" if k == r["first"] else ""
+                    alt = token_html(token_pieces(tok, ctx + base[:k], [r["top1"][k]])[0])
                     spans.append(f'<mark class="hfq-diff" style="background:#fcc;{frame}" '
-                                 f'title="its top-1: {piece(r["top1"][k])}">{piece(t)}</mark>')
+                                 f'title="its top-1: {alt}">{x}</mark>')
                 else:
-                    spans.append(f'<span class="hfq-tok">{piece(t)}</span>')
-            parts.append(f'<p class="hfq-variant"><b>{esc(r["name"])}</b>: {where}<br>{"".join(spans)}</p>')
+                    spans.append(f'<span class="hfq-tok" style="{frame}">{x}</span>')
+            own = ""
+            if first is not None:
+                own = ('<br><i>its own greedy answer from there:</i> <span class="hfq-own">'
+                       + "".join(token_html(x) for x in token_pieces(tok, ctx + base[:first], r["greedy"][first:]))
+                       + "</span>")
+            parts.append(f'<p class="hfq-variant" data-first="{"none" if first is None else first}">'
+                         f'<b>{esc(r["name"])}</b>: {where}<br>{"".join(spans)}{own}</p>')
         return "".join(parts) + "</div>"
 
 
-__all__ = ["Comparison", "cost_markdown", "esc", "MAX_PROMPT_TOKENS", "MAX_NEW_TOKENS", "MAX_SCORE_TOKENS",
-           "QUALITY_COLUMNS", "SCORE_COLUMNS"]
+def token_pieces(tok, context: list[int], tokens: list[int]) -> list[str]:
+    """Each token's text as it reads in the answer: decoded after the context and the tokens before it (a lone
+    SentencePiece token decodes without its leading space, so words would run together). A character split
+    over byte tokens shows on its last one."""
+    def text(ids):
+        return tok.decode(ids, skip_special_tokens=False).rstrip("\ufffd")
+
+    out, prev = [], text(context)
+    for k in range(len(tokens)):
+        cur = text(context + tokens[: k + 1])
+        out.append(cur[len(prev):] if cur.startswith(prev) else tok.decode([tokens[k]]))
+        prev = cur
+    return out
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """The first index where two token lists differ; an answer that is a strict prefix of the other differs at
+    its end; None when they are equal."""
+    for k, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return k
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def token_html(s: str) -> str:
+    """One token's text for HTML: markup inert, its spaces and line breaks kept visible (esc would drop a
+    leading space, and words would run together)."""
+    return (html.escape(s, quote=True).replace(" ", "&nbsp;").replace("\n", "&#9166;").replace("\t", "&#8677;")
+            or "&#8203;")
+
+
+__all__ = ["Comparison", "cost_markdown", "esc", "first_difference", "token_html", "token_pieces", "MAX_PROMPT_TOKENS",
+           "MAX_NEW_TOKENS", "MAX_SCORE_TOKENS", "QUALITY_COLUMNS", "SCORE_COLUMNS"]

@@ -95,9 +95,10 @@ def _hub_file(source: str) -> Path:
     return Path(hf_hub_download(m.group(1), m.group(2)))
 
 
-def load(s: Spec, n_ctx: int = 2048) -> Loaded:
+def load(s: Spec, n_ctx: int = 1024) -> Loaded:
     """Load one model (float32 for transformers; llama.cpp with every token's logits kept, for the divergence
-    view). Raises with a message that names the model."""
+    view, over n_ctx: the prompt limit, 512, and the most new tokens, 256, fit). Raises with a message that names
+    the model."""
     if s.kind == "gguf":
         path = Path(s.source) if Path(s.source).is_file() else _hub_file(s.source)
         try:
@@ -178,8 +179,13 @@ class Cost:
     peak_rss_mb: float | None = None
 
 
-def _eos_ids(tok, model=None) -> set[int]:
-    ids = set()
+def _eos_ids(tok, loaded: Loaded | None = None) -> set[int]:
+    """Where an answer ends: the tokenizer's eos, and the model's own (generation_config, or llama.cpp's)."""
+    ids, model = set(), None
+    if loaded is not None and loaded.kind == "gguf":
+        ids.add(int(loaded.model.token_eos()))
+    elif loaded is not None:
+        model = loaded.model
     for v in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tok.eos_token_id):
         ids.update(v if isinstance(v, (list, tuple)) else [] if v is None else [v])
     return ids
@@ -191,13 +197,15 @@ def _token_ids(loaded: Loaded, tok, ids: torch.Tensor, st: Settings):
         llm = loaded.model
         llm.set_seed(st.seed)
         greedy = st.temperature <= 0
-        eos = _eos_ids(tok) | {llm.token_eos()}
+        eos = _eos_ids(tok, loaded)
         gen = llm.generate(ids[0].tolist(), temp=0.0 if greedy else st.temperature, top_p=1.0 if greedy else st.top_p,
                            top_k=1 if greedy else 0, min_p=0.0, repeat_penalty=1.0, reset=True)
         for n, t in enumerate(gen):
-            if t in eos or n >= st.max_new_tokens:
+            if n >= st.max_new_tokens:
                 return
             yield int(t)
+            if t in eos:   # yielded, as generate()'s streamer hands it over: both kinds count the same tokens
+                return
         return
     from transformers.generation.streamers import BaseStreamer
 
@@ -257,7 +265,7 @@ def stream(loaded: Loaded, tok, ids: torch.Tensor, st: Settings, cost: Cost):
     fills `cost` as it goes."""
     t0 = time.perf_counter()
     new: list[int] = []
-    eos = _eos_ids(tok, loaded.model if loaded.kind == "transformers" else None)
+    eos = _eos_ids(tok, loaded)
     t_first = t_last = None
     text = ""
     for t in _token_ids(loaded, tok, ids, st):

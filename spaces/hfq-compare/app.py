@@ -96,7 +96,8 @@ def build(cmp: space.Comparison) -> gr.Blocks:
             gr.Button("Score").click(_refusals_shown(cmp.score_text), [user_text], [scores], api_name="score")
         with gr.Tab("Divergence"):
             gr.Markdown("The base's greedy answer, once per variant: marked tokens are where the variant's top-1, "
-                        "given the same context, disagrees; the framed one is where its greedy answer first differs.")
+                        "given the same context, disagrees (hover: its top-1); the framed one is where its own "
+                        "greedy answer first differs, and that answer follows from there.")
             d_prompt = gr.Textbox(label="Prompt for the divergence view", value="The capital of France is")
             d_n = gr.Slider(1, MAX_NEW_TOKENS, value=32, step=1, label="Greedy tokens")
             view = gr.HTML(elem_id="divergence")
