@@ -67,6 +67,9 @@ def _check_layout(path: Path, h: Header, size: int) -> None:
         if any(n <= 0 for n in t.dims) or t.dims[0] % block:
             raise _bad(path, f"tensor {t.name} has type {_ggml_type(t.type).name} and shape {t.dims}, which is not "
                        f"a whole number of {block}-element blocks")
+        if len(t.dims) == 1 and _ggml_type(t.type).name not in ("F32", "F16", "BF16"):   # ggml's ops abort
+            raise _bad(path, f"tensor {t.name} is a vector (a norm or bias) of type {_ggml_type(t.type).name}; "
+                       "vectors must be F32, F16 or BF16")
         n = 1
         for x in t.dims:
             n *= x
@@ -206,6 +209,11 @@ def _check_vocab(path: Path, h: Header, n_vocab: int) -> None:
         v = h.kv.get(key)
         if v is not None and len(v.value) < len(tokens):
             raise _bad(path, f"{key} has {len(v.value)} entries for {len(tokens)} tokens")
+    types = h.get("tokenizer.ggml.token_type")
+    kinds = {0} | {int(t) for t in gguf.TokenType}   # 0: llama.cpp's UNDEFINED
+    if types is not None and not set(types.tolist()) <= kinds:
+        i = next(i for i, t in enumerate(types.tolist()) if t not in kinds)
+        raise _bad(path, f"tokenizer.ggml.token_type[{i}] is {types[i]}, not a token type ({sorted(kinds)})")
     if model in ("gpt2", "hybriddna", "whitespace"):
         pre = h.get("tokenizer.ggml.pre", "default")
         if h.kv.get("tokenizer.ggml.pre") is not None and h.kv["tokenizer.ggml.pre"].type != STRING or \

@@ -121,8 +121,8 @@ def read_header(path: str | Path, data: bytes | memoryview) -> Header:
     h = Header(version)
     for i in range(n_kv):
         key = r.string(f"key {i}")
-        if not key:
-            raise r.fail(f"key {i} is empty")
+        if not key or not key.isprintable():
+            raise r.fail(f"key {i} is {key!r}, not a printable name")
         if key in h.kv:
             raise r.fail(f"key {key!r} appears twice")
         vtype = r.u32(f"the type of {key}")
@@ -136,9 +136,11 @@ def read_header(path: str | Path, data: bytes | memoryview) -> Header:
     names = set()
     for i in range(n_tensors):
         name = r.string(f"the name of tensor {i}")
-        if len(name.encode()) >= MAX_NAME or not name or name in names:
-            raise r.fail(f"tensor {i}'s name {name!r} is " + ("a duplicate" if name in names else "empty" if not name
-                         else f"{len(name.encode())} bytes, llama.cpp allows fewer than {MAX_NAME}"))
+        problem = ("empty" if not name else "a duplicate" if name in names else "not printable" if not
+                   name.isprintable() else f"{len(name.encode())} bytes, llama.cpp allows fewer than {MAX_NAME}"
+                   if len(name.encode()) >= MAX_NAME else None)
+        if problem:
+            raise r.fail(f"tensor {i}'s name {name!r} is {problem}")
         names.add(name)
         n_dims = r.u32(f"the dimension count of {name}")
         if not 1 <= n_dims <= MAX_DIMS:
