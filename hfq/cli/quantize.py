@@ -115,7 +115,7 @@ def _cmd_quantize(args) -> int:
             logger.warning("no tokenizer saved: %s", e)
         info = describe(tmp)
         info["path"] = str(tmp)
-        command = "hfq " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "hfq quantize"
+        command = "hfq " + " ".join(shlex.quote(a) for a in args.argv)   # as given, also through hfq.cli.main
         base_id, lic, name = base_card_info(args.model)   # a local folder is no Hub id: no base_model
         (tmp / "README.md").write_text(render_card(info, base_id, command, str(out), license=lic, base_name=name))
     info = describe(out)
