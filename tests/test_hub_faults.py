@@ -79,7 +79,7 @@ def work(made, tmp_path):
 COMMIT = "/api/models/me/tiny-nf4/commit/"
 
 
-@pytest.mark.parametrize("fault", ["mid-body", 500, 429])
+@pytest.mark.parametrize("fault", ["mid-body", 500, 429, 401])   # 401: the token expired mid-push
 def test_fault_mid_upload_fails_clearly_keeps_files_and_retry_succeeds(hub, work, capsys, fault):
     base, text, folder = work
     before = _snapshot(folder)
