@@ -51,7 +51,9 @@ class LocalHub:
         self.lfs_objects: dict[str, bytes] = {}
         self.lfs_threshold = lfs_threshold   # None: every file "regular" (works with xet on); else bigger -> "lfs"
         self.log: list[tuple[str, str]] = []
-        self.fail = None                     # callable(method, path) -> True drops the connection (network failure)
+        # callable(method, path) -> None, True or "drop" (no response), "mid-body" (drop while the body is being
+        # sent), or an HTTP status such as 500 or 429 (with Retry-After): network faults for the push tests
+        self.fail = None
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self.server.daemon_threads = True
@@ -108,21 +110,32 @@ def _handler(hub: LocalHub):
             return repo
 
         def _dispatch(self, method: str):
-            body = self._body() if method in ("POST", "PUT") else b""
             url = urlsplit(self.path)
             path = unquote(url.path)
             hub.log.append((method, path))
-            if hub.fail is not None and hub.fail(method, path):
+            fault = hub.fail(method, path) if hub.fail is not None else None
+            if fault == "mid-body":   # the connection drops while the client is still sending the body
+                self.rfile.read(int(self.headers.get("Content-Length") or 0) // 2)
+                return self._drop()
+            body = self._body() if method in ("POST", "PUT") else b""
+            if fault is True or fault == "drop":
+                return self._drop()
+            if isinstance(fault, int) and not isinstance(fault, bool):   # an HTTP error status
                 self.close_connection = True
-                self.wfile.flush()
-                self.connection.shutdown(2)  # no response: what a dropped network looks like to the client
-                return
+                return self._send(fault, {"error": f"injected HTTP {fault}"},
+                                  {"Retry-After": "1"} if fault == 429 else None)
             with hub.lock:
                 for pattern, fn in ROUTES:
                     m = re.fullmatch(pattern, f"{method} {path}")
                     if m:
                         return fn(self, m, body, parse_qs(url.query))
             self._send(404, {"error": f"no route {method} {path}"})
+
+        def _drop(self):
+            """No response: what a dropped network looks like to the client."""
+            self.close_connection = True
+            self.wfile.flush()
+            self.connection.shutdown(2)
 
         def do_GET(self):
             self._dispatch("GET")

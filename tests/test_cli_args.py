@@ -71,6 +71,27 @@ def test_bad_arguments_fail_before_loading(tiny_llama_dir, files, tmp_path, caps
     assert no_load == []
 
 
+def test_dataset_errors_are_the_calibration_readers_own(tiny_llama_dir, tmp_path, capsys, no_load):
+    """`--dataset` is checked before loading by the same reader calibration uses later: one message per fault,
+    the same words, only the source named differently (the flag and file instead of 'calibration dataset')."""
+    from hfq.algorithms.calibration import dataset_texts
+
+    bad = {"a.jsonl": '{"text": "ok"}\nnot json\n', "b.jsonl": '{"content": "x"}\n', "c.jsonl": "\n\n",
+           "d.csv": "x,y\n", "e.jsonl": '{"text": ["a"]}\n'}
+    for name, content in bad.items():
+        f = tmp_path / name
+        f.write_text(content)
+        with pytest.raises(ValueError) as e:
+            dataset_texts(f)
+        api = str(e.value)
+        assert api.startswith(f"calibration dataset {f}")
+        assert main(["quantize", str(tiny_llama_dir), "--method", "gptq", "--dataset", str(f), "--out",
+                     str(tmp_path / "o")]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["hfq: error: " + api.replace(f"calibration dataset {f}", f"--dataset {f}", 1)], (name, err)
+    assert no_load == []
+
+
 def test_broken_config_json_is_named(tiny_llama_dir, tmp_path, capsys):
     import shutil
 

@@ -110,6 +110,67 @@ def _default_texts() -> list[str]:
     return ["\n\n".join(topics[n] for n in names[: len(names) // 2])]
 
 
+JSONL_FORM = 'each line of a .jsonl file must be one JSON object with a "text" string, such as {"text": "..."}'
+
+
+def decode_text(raw: bytes, source: str) -> str:
+    """raw as UTF-8 text; a file that is not (or holds NUL bytes: binary) is one error naming it."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{source} is not UTF-8 text (byte {e.start} is 0x{raw[e.start]:02x}); pass a UTF-8 text "
+                         "file (convert it with iconv, or decode it yourself).") from None
+    if "\x00" in text:
+        raise ValueError(f"{source} holds NUL bytes (byte {raw.index(0)}), so it is binary, not text; pass a UTF-8 "
+                         "text file.")
+    return text
+
+
+def read_dataset_file(path: str | os.PathLike, source: str | None = None) -> tuple[list[str], str]:
+    """(texts, description) of a calibration .txt or .jsonl file, or one ValueError naming `source` (the file,
+    or the CLI flag and file) for each fault. `hfq quantize --dataset` runs this before it loads a model."""
+    path = Path(path)
+    source = source or f"calibration dataset {path}"
+    if not path.is_file():
+        raise ValueError(f"{source}: no such file; pass an existing .txt or .jsonl file, a list of strings, or a "
+                         "datasets.Dataset.")
+    kind = path.suffix.lower()
+    if kind not in (".txt", ".jsonl"):
+        raise ValueError(f"{source}: the name must end in .txt (plain text) or .jsonl (a \"text\" field a line); "
+                         "rename or convert the file.")
+    raw = path.read_bytes()
+    text = decode_text(raw, source)
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    if kind == ".jsonl":
+        items = jsonl_texts(text, source)
+        return _nonempty(items, source), f"local .jsonl file (\"text\" field, {len(items)} records, sha256 {digest})"
+    return _nonempty([text], source), f"local .txt file (sha256 {digest})"
+
+
+def jsonl_texts(text: str, source: str) -> list[str]:
+    """The "text" of every non-blank line of a .jsonl file; source names the file (and flag) in errors.
+
+    The one parser for calibration .jsonl: `hfq quantize --dataset` checks a file with it before loading a model,
+    and dataset_texts reads it with it, so both give the same error for the same line."""
+    items = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{source} line {i} is not JSON ({e.msg} at column {e.colno}); {JSONL_FORM}: fix or "
+                             "remove that line.") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            found = (f"keys {sorted(row)[:5]}" if isinstance(row, dict) and "text" not in row else
+                     f'"text" is {type(row["text"]).__name__}' if isinstance(row, dict) else
+                     f"a JSON {type(row).__name__}")
+            raise ValueError(f'{source} line {i} has no "text" string ({found}); {JSONL_FORM}: fix or remove '
+                             "that line.")
+        items.append(row["text"])
+    return items
+
+
 def dataset_texts(dataset) -> tuple[list, str]:
     """(items, description) for a calibration source. Items are strings or 1-D token-id sequences.
 
@@ -120,29 +181,7 @@ def dataset_texts(dataset) -> tuple[list, str]:
         logger.info("calibration: no dataset given; using the built-in default (%s)", DEFAULT_DATASET)
         return _default_texts(), DEFAULT_DATASET
     if isinstance(dataset, (str, os.PathLike)):
-        path = Path(dataset)
-        if not path.is_file():
-            raise ValueError(f"calibration dataset file {str(path)!r} does not exist; pass a .txt or .jsonl file, "
-                             "a list of strings, or a datasets.Dataset.")
-        raw = path.read_bytes()
-        digest = hashlib.sha256(raw).hexdigest()[:12]
-        if path.suffix.lower() == ".jsonl":
-            items = []
-            for i, line in enumerate(raw.decode("utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"calibration file line {i} is not JSON ({e}); each line must be an object "
-                                     "with a \"text\" field.") from None
-                if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                    raise ValueError(f"calibration file line {i} has no string \"text\" field.")
-                items.append(obj["text"])
-            return _nonempty(items), f"local .jsonl file (\"text\" field, {len(items)} records, sha256 {digest})"
-        if path.suffix.lower() != ".txt":
-            raise ValueError(f"calibration file {path.name!r} must end in .txt or .jsonl.")
-        return _nonempty([raw.decode("utf-8")]), f"local .txt file (sha256 {digest})"
+        return read_dataset_file(dataset)
     if hasattr(dataset, "column_names") and hasattr(dataset, "__getitem__"):   # a datasets.Dataset, duck-typed
         if "text" not in dataset.column_names:
             raise ValueError(f"the datasets.Dataset has columns {dataset.column_names}; it needs a \"text\" column.")
@@ -163,10 +202,11 @@ def dataset_texts(dataset) -> tuple[list, str]:
                      "strings, a .txt/.jsonl path, or a datasets.Dataset.")
 
 
-def _nonempty(texts: list[str]) -> list[str]:
+def _nonempty(texts: list[str], source: str = "the calibration dataset") -> list[str]:
     if not any(t.strip() for t in texts):
-        raise ValueError("the calibration dataset is empty (no non-blank text); give at least a few thousand "
-                         "tokens of text like the model's use, or pass dataset=None for the built-in default.")
+        raise ValueError(f"{source} is empty (no non-blank text); give at least a few thousand "
+                         "tokens of text like the model's use, or leave the dataset out (no --dataset, dataset=None) "
+                         "for the built-in default.")
     return texts
 
 

@@ -29,7 +29,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _build_parser().parse_args(argv)
+    args.argv = argv   # what was run, for the "resume with" hints
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return args.handler(args)
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
-    if isinstance(e, (ValueError, OSError, RuntimeError)) and type(e).__module__ in ("builtins", "hfq.atomic"):
+    mod = type(e).__module__
+    if isinstance(e, (ValueError, OSError, RuntimeError)) and (mod == "builtins" or mod.split(".")[0] == "hfq"):
         return text or type(e).__name__
     # a foreign exception (safetensors, torch, transformers...): name it so the report is useful
     return f"{type(e).__name__}: {text or 'no message'} (rerun with --debug for the traceback)"

@@ -28,35 +28,21 @@ def text_file(path: str | None, flag: str) -> str | None:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{flag} {path}: no such file; pass an existing UTF-8 text file.")
-    data = p.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{flag} {path} is not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x}); pass a "
-                         "UTF-8 text file (convert it with iconv, or decode it yourself).") from None
-    if "\x00" in text:
-        raise ValueError(f"{flag} {path} holds NUL bytes, so it is binary, not text; pass a UTF-8 text file.")
+    from ..algorithms.calibration import decode_text
+
+    text = decode_text(p.read_bytes(), f"{flag} {path}")
     if not text.strip():
         raise ValueError(f"{flag} {path} is empty; pass a file with text in it.")
     return text
 
 
 def dataset_file(path: str | None, flag: str = "--dataset") -> None:
-    """A calibration dataset: .txt (UTF-8) or .jsonl with a "text" field on every line."""
-    text = text_file(path, flag)
-    if text is None or not path.endswith(".jsonl"):
-        return
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{flag} {path} line {i} is not JSON ({e.msg}); each line must be an object with a "
-                             '"text" field.') from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise ValueError(f'{flag} {path} line {i} has no "text" string field; each line must be '
-                             '{"text": "..."}.')
+    """A calibration dataset (.txt, or .jsonl with a "text" field a line), read by the very code that reads it
+    for calibration later, so an error here is the one that would come after the model loaded."""
+    if path is not None:
+        from ..algorithms.calibration import read_dataset_file
+
+        read_dataset_file(path, f"{flag} {path}")
 
 
 def writable_file(path: str | None, flag: str) -> None:

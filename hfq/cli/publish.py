@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 
@@ -33,8 +32,7 @@ def _cmd_push(args) -> int:
     from ..publish import markdown_table, push_variants
 
     out = args.out or f"hfq-push-{args.repo.replace('/', '--')}"
-    argv = sys.argv[1:] if sys.argv[1:2] == ["push"] else ["push", args.model, "--variants", args.variants,
-                                                           "--repo", args.repo]
+    argv = [a for a in args.argv if a not in ("-v", "--verbose", "--debug")]   # the command as given
     command = "hfq " + " ".join(shlex.quote(a) for a in argv)
     resume = command if args.out else f"{command} --out {shlex.quote(out)}"
     from . import checks

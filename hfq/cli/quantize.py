@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -115,13 +116,20 @@ def _cmd_quantize(args) -> int:
             logger.warning("no tokenizer saved: %s", e)
         info = describe(tmp)
         info["path"] = str(tmp)
-        command = "hfq " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "hfq quantize"
+        command = _card_command(args)
         base_id, lic, name = base_card_info(args.model)   # a local folder is no Hub id: no base_model
         (tmp / "README.md").write_text(render_card(info, base_id, command, str(out), license=lic, base_name=name))
     info = describe(out)
     print(f"saved {out}: {info['layers_quantized']} layers, {info['quantized_bpw']:.3f} bpw in quantized layers, "
           f"{info['bytes_on_disk'] / 1e6:.1f} MB")
     return 0
+
+
+def _card_command(args) -> str:
+    """The command as given (also through hfq.cli.main), local paths by their names only: a card is public."""
+    argv = [a for a in args.argv if a not in ("-v", "--verbose", "--debug")]
+    local = [Path(a.rstrip("/")).name if os.sep in a and (a == args.out or Path(a).exists()) else a for a in argv]
+    return "hfq " + " ".join(shlex.quote(a) for a in local)
 
 
 def _importance(src: str, text_file: str, ctx: int, chunks: int | None) -> dict:

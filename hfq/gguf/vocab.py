@@ -140,3 +140,20 @@ def add_tokenizer(writer: gguf.GGUFWriter, tokenizer, arch: str, n_vocab: int) -
             special = gguf.SpecialVocab(path, load_merges=True)
         special.add_to_gguf(writer, quiet=True)
     return n_real
+
+
+# What llama.cpp 0.3.36 (the pinned llama-cpp-python) loads: any other tokenizer.ggml.model, or for a BPE vocabulary
+# any other tokenizer.ggml.pre, fails the load ("unknown tokenizer" / "unknown pre-tokenizer type"), so check_gguf
+# refuses it first. tests/gguf/test_check.py compares both sets with llama.cpp's source.
+LLAMA_CPP_MODELS = frozenset("no_vocab none llama bert gpt2 hybriddna whitespace t5 rwkv test plamo2 gemma4".split())
+LLAMA_CPP_PRE = frozenset("""
+    a.x-4.0 afmoe bailingmoe bailingmoe2 bloom chameleon chatglm-bpe codeshell cohere2moe command-r dbrx
+    deepseek-coder deepseek-llm deepseek-r1-qwen deepseek-v3 default exaone exaone-moe exaone4 f2llmv2 falcon
+    falcon-h1 falcon3 gemma4 gigachat glm4 glm5 gpt-2 gpt-4o gpt3-finnish granite-docling
+    granite-embed-multi-311m granite-embed-multi-97m grok-2 hunyuan hunyuan-dense hy_v4 jais jais-2 jina-de
+    jina-es jina-v1-en jina-v2-code jina-v2-de jina-v2-es jina-v5-nano joyai-llm kanana2 kimi-k2 kormo laguna
+    lfm2 llada-moe llama-bpe llama-v3 llama3 llama4 megrez mellum mellum2 midm-2.0 minerva-7b minicpm5
+    minimax-m2 modern-bert mpt olmo phi-2 pixtral poro-chat qwen2 qwen35 refact roberta-bpe sarvam-moe
+    seed-coder smaug-bpe smollm solar-open spark2_5 stablelm2 starcoder superbpe talkie tekken tiny_aya trillion
+    ufakzeka viking whitespace youtu
+""".split())

@@ -103,5 +103,5 @@ def upload_folder(folder: Path, repo_id: str, *, private: bool = False, message:
 
 
 def _describe(e: Exception) -> str:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else ""
     return f"{type(e).__name__}: {first}" if first else type(e).__name__

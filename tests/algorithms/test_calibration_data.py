@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -87,14 +88,49 @@ def test_errors_name_the_numbers_and_the_fix(tmp_path):
     empty.write_text("\n\n")
     with pytest.raises(ValueError, match="empty"):
         dataset_texts(empty)
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match=r"missing\.txt: no such file; pass an existing \.txt or \.jsonl file"):
         dataset_texts(tmp_path / "missing.txt")
     bad = tmp_path / "b.jsonl"
     bad.write_text('{"content": "x"}\n')
-    with pytest.raises(ValueError, match='line 1 has no string "text" field'):
+    with pytest.raises(ValueError, match=r'b\.jsonl line 1 has no "text" string \(keys \[\'content\'\]\)'):
         dataset_texts(bad)
     with pytest.raises(ValueError, match=r"has 300 tokens: 2 windows of seq_len=128, but n_samples=4 .*lower "
                                          r"n_samples or seq_len"):
         calibration_windows(["x" * 300], 4, 128, seed=0, tokenizer=_Tok())
     with pytest.raises(ValueError, match="not a calibration source"):
         dataset_texts(42)
+
+
+# (file content, the line and the fault the one message must name); every message also names the file, the allowed
+# form and the fix
+BAD_JSONL = [
+    ('{"text": "ok"}\n{"text": "two",\n', r'line 2 is not JSON \(Expecting property name enclosed in double quotes '
+                                         r'at column 16\)'),
+    ('\n\n["a", "b"]\n', r'line 3 has no "text" string \(a JSON list\)'),
+    ('{"text": 5}\n', r'line 1 has no "text" string \("text" is int\)'),
+    ('{"text": "a"}\n"just a string"\n', r'line 2 has no "text" string \(a JSON str\)'),
+    ('{"body": "a", "id": 1}\n', r"line 1 has no \"text\" string \(keys \['body', 'id'\]\)"),
+]
+
+
+@pytest.mark.parametrize("content,fault", BAD_JSONL)
+def test_each_jsonl_fault_is_one_message_with_file_line_form_and_fix(tmp_path, content, fault):
+    f = tmp_path / "cal.jsonl"
+    f.write_text(content)
+    with pytest.raises(ValueError) as e:
+        dataset_texts(f)
+    msg = str(e.value)
+    assert msg.startswith(f"calibration dataset {f} line "), msg
+    assert re.search(fault, msg), msg
+    assert 'such as {"text": "..."}: fix or remove that line.' in msg
+
+
+def test_file_faults_name_the_file(tmp_path):
+    cases = {"x.csv": (b"a,b\n", r"x\.csv: the name must end in \.txt .* or \.jsonl"),
+             "bin.txt": (b"ok\x86", r"bin\.txt is not UTF-8 text \(byte 2 is 0x86\)"),
+             "nul.jsonl": (b'{"text": "a\x00"}', r"nul\.jsonl holds NUL bytes \(byte 11\)"),
+             "blank.jsonl": (b'{"text": "  "}\n\n', r"blank\.jsonl is empty .*no --dataset, dataset=None")}
+    for name, (raw, pattern) in cases.items():
+        (tmp_path / name).write_bytes(raw)
+        with pytest.raises(ValueError, match=pattern):
+            dataset_texts(tmp_path / name)
