@@ -68,7 +68,7 @@ def _cmd_doctor(args) -> int:
           f"{torch.backends.cpu.get_cpu_capability()}; HFQ_CPU_ISA=avx2|scalar caps it)")
     if build.cpu_activations():
         print(f"cpu decode activations: {build.cpu_activations()} (HFQ_CPU_ACTIVATIONS=int8: llama.cpp's int8 for "
-              "k-quants, faster, less exact; docs/kernels.md)")
+              "GGML types on AVX-512, faster, less exact; docs/kernels.md)")
     for name in SCHEMAS:
         keys = [k for k in ("CPU", "CUDA") if torch._C._dispatch_has_kernel_for_dispatch_key(op(name).default.name(), k)]
         print(f"  hfq::{name:28} native: {', '.join(keys) or 'none'}; fallback: pure-torch reference")

@@ -113,7 +113,7 @@ def cpu_isa() -> str | None:
 
 
 def cpu_activations() -> str | None:
-    """How the CPU GEMV quantizes x ('int16', or 'int8' for k-quants under HFQ_CPU_ACTIVATIONS=int8), or None."""
+    """How the CPU GEMV quantizes x ('int16', or 'int8' for GGML types under HFQ_CPU_ACTIVATIONS=int8), or None."""
     return torch.ops.hfq_cpu.activations() if _state.get("cpu") == "loaded" else None
 
 
