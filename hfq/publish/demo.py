@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+from ..atomic import write_text
 from . import variants as registry
 from .cards import markdown_table
 from .chart import quality_vs_size
@@ -38,5 +39,5 @@ def run_demo(out: str | Path = "hfq-demo", quick: bool = False, progress: bool =
     chart = quality_vs_size(rows, out / "quality_vs_size.png",
                             title=f"{MODEL}: quality against size ({base['scored_tokens']} scored tokens)")
     seconds = time.perf_counter() - t0
-    (out / "table.md").write_text(f"{table}\n\n`{command}`: {seconds:.0f} s\n", encoding="utf-8")
+    write_text(out / "table.md", f"{table}\n\n`{command}`: {seconds:.0f} s\n")
     return {"table": table, "chart": str(chart), "results": records, "seconds": seconds}

@@ -98,7 +98,7 @@ def write_push_card(folder: str | Path, repo_id: str, base: str, cfg) -> None:
     shown = Path(str(base)).name if embedded or not base_id else base_id   # never a local path in a public card
     card = make_card(describe(folder), command=quantize_command(shown, cfg.to_dict(), repo_id.split("/")[-1]),
                      base_model=base_id, base_name=name, license=lic, repo_id=repo_id)
-    readme.write_text(str(card), encoding="utf-8")
+    write_text(readme, str(card))
 
 
 def _fingerprint(**kw) -> str:

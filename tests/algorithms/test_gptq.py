@@ -287,10 +287,16 @@ def _independent_rtn(spec, W):
     packed, state = bF.quantize_4bit(W, blocksize=spec["group_size"], quant_type="nf4",
                                      compress_statistics=spec.get("double_quant", False))
     if spec.get("double_quant"):
-        # bitsandbytes' CPU kernel picks a neighbouring 8-bit absmax code for a few constants (test_rtn.py), so
-        # decode hfq's own bytes and codes with bitsandbytes' decoder instead
-        t = make_grid(**spec).rtn(W)
-        packed, state.absmax = t["weight"].reshape(-1, 1), t["absmax"]
+        # bitsandbytes' CPU kernel picks a neighbouring 8-bit absmax code for a few constants (test_rtn.py), so the
+        # 8-bit codes are chosen here from QLoRA's definition instead: the truly nearest entry of bitsandbytes'
+        # dynamic table to (absmax - offset) / the 256-block's scale. bitsandbytes' 4-bit codes, offset and scales
+        # are kept, and decoded by bitsandbytes.
+        _, plain = bF.quantize_4bit(W, blocksize=spec["group_size"], quant_type="nf4")
+        blk = torch.arange(plain.absmax.numel()) // 256
+        target = (plain.absmax - state.offset) / state.state2.absmax[blk]
+        state.absmax = (target[:, None] - state.state2.code[None]).abs().argmin(1).to(torch.uint8)
+        t = make_grid(**spec).rtn(W)    # hfq's stored tensors agree with each independent part
+        assert torch.equal(t["weight"].reshape(-1, 1), packed) and torch.equal(t["absmax"], state.absmax)
         assert torch.equal(state.offset, t["absmax_offset"]) and torch.equal(state.state2.absmax, t["absmax_scale"])
     return bF.dequantize_4bit(packed, state)
 
