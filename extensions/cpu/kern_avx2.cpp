@@ -4,7 +4,7 @@
 // subtracted, k-quant 16-column sub-block scales multiplied in as integers), vpmaddwd takes the products into
 // int32, and one float multiply-add per block applies weight scale x activation scale. Minimums (Q4_1, Q5_1,
 // Q2_K, Q4_K, Q5_K) use float32 sums of x per 16 columns. nf4/fp4 values go through an int16 table (step 2^-14
-// of its largest value). Layouts it does not take (other int widths, groups under 32, act-order) use the exact
+// of its largest value). Layouts it does not take (int5-7, groups under 32, act-order) use the exact
 // decoders and a float32 dot product.
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
@@ -49,15 +49,17 @@ HFQ_INLINE __m256i bits16(uint32_t m) {   // word j = 16 where bit j of m is set
 HFQ_INLINE __m256i shr(__m256i v, int n) { return _mm256_srl_epi16(v, _mm_cvtsi32_si128(n)); }
 
 // Slot orders of x within a 32-column block, matching how each format's codes unpack.
-enum Slot { NAT, EO32, EO16 };
+enum Slot { NAT, EO32, EO16, PK };
 inline int slot_col(Slot s, int j) {
   if (s == EO32) return j < 16 ? 2 * j : 2 * (j - 16) + 1;
   if (s == EO16) { const int t = j % 16; return 16 * (j / 16) + (t < 8 ? 2 * t : 2 * (t - 8) + 1); }
+  if (s == PK) { const int t = j % 16; static const int q[4] = {0, 8, 4, 12}; return 16 * (j / 16) + q[t / 4] + t % 4; }
   return j;
 }
 inline Slot slot_of(const Weight& W) {
   if (W.fmt == FMT_LUT4) return EO16;
   if (W.fmt == FMT_INT && W.bits == 4) return EO32;
+  if (W.fmt == FMT_INT && W.bits < 4) return PK;
   return NAT;
 }
 
@@ -69,7 +71,22 @@ struct IntRow {
   const Weight& W;
   const u8* row = nullptr; const uint16_t* sc = nullptr; const u8* zp = nullptr;
   int64_t G;
-  explicit IntRow(const Weight& w) : W(w), G(w.in / w.group) {}
+  __m256i shuf[4], sh[4];   // 2- and 3-bit codes: per 8 codes, the two bytes holding each and its bit offset
+  explicit IntRow(const Weight& w) : W(w), G(w.in / w.group) {
+    for (int g = 0; g < 4; ++g) {   // 32-bit lane i (128-bit half i / 4) takes code 8g + i
+      alignas(32) uint8_t c[32];
+      alignas(32) int32_t s[8];
+      for (int i = 0; i < 8; ++i) {
+        const int off = W.bits * (8 * g + i), at = 16 * (i / 4) + 4 * (i % 4);
+        s[i] = off % 8;
+        c[at] = (uint8_t)(off / 8);
+        c[at + 1] = (uint8_t)(off / 8 + 1);
+        c[at + 2] = c[at + 3] = 0x80;
+      }
+      shuf[g] = _mm256_load_si256((const __m256i*)c);
+      sh[g] = _mm256_load_si256((const __m256i*)s);
+    }
+  }
   void seek(int64_t r) { row = W.w + r * W.row_bytes; sc = W.scales + r * G; zp = W.zeros ? W.zeros + r * G : nullptr; }
   HFQ_INLINE void block(int64_t b, Blk& k) const {
     const int64_t g = 32 * b / W.group;
@@ -80,9 +97,19 @@ struct IntRow {
       const __m256i w = u8x16(row + 16 * b);
       k.A = _mm256_sub_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0xF)), z);
       k.B = _mm256_sub_epi16(_mm256_srli_epi16(w, 4), z);
-    } else {
+    } else if (W.bits == 8) {
       k.A = _mm256_sub_epi16(u8x16(row + 32 * b), z);
       k.B = _mm256_sub_epi16(u8x16(row + 32 * b + 16), z);
+    } else {   // 2 or 3 bits: 8 or 12 bytes per block, codes in 32-bit lanes, packed to int16 (slot order PK)
+      const u8* p = row + 4 * W.bits * b;
+      __m128i t = _mm_loadl_epi64((const __m128i*)p);   // never past the block's own bytes
+      if (W.bits == 3) t = _mm_insert_epi32(t, (int)load_u32(p + 8), 2);
+      const __m256i v = _mm256_broadcastsi128_si256(t);
+      const __m256i mk = _mm256_set1_epi32((1 << W.bits) - 1);
+      __m256i c[4];
+      for (int g = 0; g < 4; ++g) c[g] = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(v, shuf[g]), sh[g]), mk);
+      k.A = _mm256_sub_epi16(_mm256_packs_epi32(c[0], c[1]), z);
+      k.B = _mm256_sub_epi16(_mm256_packs_epi32(c[2], c[3]), z);
     }
   }
 };
@@ -276,7 +303,7 @@ void run(R row, const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y
 
 bool fast(const Weight& W) {
   if (W.g_idx || W.in % 32) return false;
-  if (W.fmt == FMT_INT) return (W.bits == 4 || W.bits == 8) && W.group % 32 == 0;
+  if (W.fmt == FMT_INT) return (W.bits <= 4 || W.bits == 8) && W.group % 32 == 0;
   if (W.fmt == FMT_LUT4) return W.group % 32 == 0;
   return true;
 }
