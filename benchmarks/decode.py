@@ -53,6 +53,15 @@ def hf_decode(model, ids, tokens: int, compiled: bool = False) -> float:
     return tokens / (time.perf_counter() - t0)
 
 
+def _with_forward(model, forward, call):
+    eager = model.forward
+    model.forward = forward
+    try:
+        return call()
+    finally:
+        model.forward = eager
+
+
 def op_share(model, ids, tokens: int) -> float:
     """Fraction of decode time spent in hfq::* ops (self time)."""
     from torch.profiler import ProfilerActivity, profile
@@ -109,10 +118,10 @@ def main() -> None:
         print(f"loading {name} ...", flush=True)
         models[name] = load(name, base)
         runners[name] = (lambda m: lambda: hf_decode(m, ids, args.tokens))(models[name])
-        if args.compile:
+        if args.compile:   # the compiled forward is swapped in for its own row only; the eager row stays eager
             m = models[name]
-            m.forward = torch.compile(m.forward)
-            runners[name + " compiled"] = (lambda m: lambda: hf_decode(m, ids, args.tokens, compiled=True))(m)
+            runners[name + " compiled"] = (lambda m, f: lambda: _with_forward(m, f, lambda: hf_decode(
+                m, ids, args.tokens, compiled=True)))(m, torch.compile(m.forward))
     for r in runners.values():   # warm-up: kernel builds, compilation, first-touch of weights
         r()
     tps = {n: [] for n in runners}
