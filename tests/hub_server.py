@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import re
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,6 +56,7 @@ class LocalHub:
         # sent), or an HTTP status such as 500 or 429 (with Retry-After): network faults for the push tests
         self.fail = None
         self.lock = threading.Lock()
+        self.connections: set = set()
         self.server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -67,6 +69,15 @@ class LocalHub:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+        # huggingface_hub pools HTTP/1.1 connections: close the open ones, or a later LocalHub on the same port
+        # would see this hub's handler threads answer its requests (with this hub's tokens and repos)
+        with self.lock:
+            conns, self.connections = list(self.connections), set()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 _REPO = r"(?P<ns>[^/]+)/(?P<name>[^/]+)"
@@ -78,6 +89,16 @@ def _handler(hub: LocalHub):
 
         def log_message(self, *args):  # quiet
             pass
+
+        def setup(self):   # remember the connection: a closed hub must not keep serving a pooled keep-alive one
+            super().setup()
+            with hub.lock:
+                hub.connections.add(self.connection)
+
+        def finish(self):
+            super().finish()
+            with hub.lock:
+                hub.connections.discard(self.connection)
 
         # ---- plumbing
         def _body(self) -> bytes:
