@@ -335,3 +335,19 @@ def _handler(hub: LocalHub):
         (r"PUT /_lfs/(?P<oid>[0-9a-f]{64})", Handler.lfs_put),
     ]
     return Handler
+
+
+def online(hub: LocalHub, monkeypatch, tmp_path, token: str) -> LocalHub:
+    """A test's view of the shared local Hub: online (conftest keeps every other test offline), `token` in
+    HF_TOKEN, its own download cache, and no repos, objects, log or fault left from an earlier test."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    hub.repos.clear()
+    hub.lfs_objects.clear()
+    hub.log.clear()
+    hub.fail = None
+    hub.lfs_threshold = None
+    return hub

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 import hfq
 from hfq.publish.hub import PushError, sha256_file
 from helpers import WORDS, save_tiny_word_base
-from hub_server import LocalHub
+from hub_server import LocalHub, online
 
 TOKEN = "hf_test_secret_token_123"
 
@@ -25,15 +25,7 @@ def local_hub():
 
 @pytest.fixture
 def hub(local_hub, monkeypatch, tmp_path):
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)   # conftest keeps every other test offline
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-    local_hub.repos.clear()
-    local_hub.lfs_objects.clear()
-    local_hub.log.clear()
-    local_hub.fail = None
-    local_hub.lfs_threshold = None
-    return local_hub
+    return online(local_hub, monkeypatch, tmp_path, TOKEN)
 
 
 @pytest.fixture(scope="module")

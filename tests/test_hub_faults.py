@@ -17,7 +17,7 @@ from huggingface_hub import constants
 
 from helpers import WORDS, save_tiny_word_base
 from hfq.cli import main
-from hub_server import LocalHub
+from hub_server import LocalHub, online
 
 TOKEN = "hf_FAKEtok3nN3verLogMe0123456789abcdef"
 TEXT = " ".join(WORDS[(i * 7) % 18] for i in range(600))
@@ -32,15 +32,7 @@ def local_hub():
 
 @pytest.fixture
 def hub(local_hub, monkeypatch, tmp_path):
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)   # conftest keeps every other test offline
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-    local_hub.repos.clear()
-    local_hub.lfs_objects.clear()
-    local_hub.log.clear()
-    local_hub.fail = None
-    local_hub.lfs_threshold = None
-    yield local_hub
+    yield online(local_hub, monkeypatch, tmp_path, TOKEN)
     local_hub.fail = None
 
 
