@@ -5,15 +5,13 @@ or fails with one of hfq's own ValueErrors, never garbage, a crash or a foreign 
 Cases load in subprocesses (tests/corpus_runner.py), so a crash is counted; a crashed process is restarted after
 the case it was on. The default run builds over 1,000 cases (scale 3); HFQ_CORPUS_SCALE=70 builds 10,460 (docs/safety.md)."""
 
-import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from child_runs import run_each
 from corruption import Corpus
 from hfq.cli import main
 
@@ -31,33 +29,7 @@ SCALE = int(os.environ.get("HFQ_CORPUS_SCALE", "3"))   # 3: over a thousand case
 
 def run_cases(cases: list[tuple[str, str]], work: Path) -> list[dict]:
     """Run every case through corpus_runner.py; a process that dies mid-case records a crash for it."""
-    spec = work / "cases.json"
-    spec.write_text(json.dumps(cases))
-    results: dict[int, dict] = {}
-    start = 0
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
-    while start < len(cases):
-        p = subprocess.run([sys.executable, str(HERE / "corpus_runner.py"), str(spec), str(start)],
-                           capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=900)
-        current = None
-        for line in p.stdout.splitlines():
-            if not line.startswith("{"):
-                continue
-            rec = json.loads(line)
-            if rec.get("started"):
-                current = rec["i"]
-            else:
-                results[rec["i"]] = rec
-                current = None
-        if current is not None:   # the process died on this case
-            results[current] = {"i": current, "outcome": "crash", "error": f"exit {p.returncode}: "
-                                f"{p.stderr.strip().splitlines()[-1:] if p.stderr.strip() else ''}"}
-            start = current + 1
-        elif p.returncode != 0:
-            raise AssertionError(f"corpus runner failed outside a case (exit {p.returncode}): {p.stderr[-2000:]}")
-        else:
-            start = len(cases)
-    return [results[i] for i in range(len(cases))]
+    return run_each(HERE / "corpus_runner.py", cases, work, "case", timeout=900)
 
 
 @pytest.fixture(scope="module")

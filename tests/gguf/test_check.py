@@ -3,12 +3,9 @@ loads and runs in llama-cpp-python (tests/gguf_load_runner.py, in child processe
 fatal), and every refusal is one ValueError naming the file. HFQ_GGUF_CORPUS_ALL=1 also loads the refused files,
 to count what llama.cpp would have done with them (docs/safety.md)."""
 
-import json
 import os
 import re
 import struct
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import pytest
 import torch
 
 import hfq
+from child_runs import run_each
 from gguf_corruption import GGUFCorpus, _part_offsets
 from hfq.gguf.check import check_gguf
 from hfq.gguf.vocab import LLAMA_CPP_MODELS, LLAMA_CPP_PRE
@@ -29,32 +27,7 @@ EXPORTS = {"llama": "Q8_0", "qwen2": "Q4_K_M", "gemma3": "Q8_0"}   # SPM, byte-l
 def run_llama(files: list[Path], work: Path) -> list[dict]:
     """Each file through gguf_load_runner.py; a process that dies on a file records a crash for it."""
     pytest.importorskip("llama_cpp")
-    spec = work / "files.json"
-    spec.write_text(json.dumps([str(f) for f in files]))
-    results, start = {}, 0
-    while start < len(files):
-        with open(work / "stderr.txt", "w+") as err:   # a file: llama.cpp may log a line per token of a bad vocab
-            p = subprocess.run([sys.executable, str(RUNNER), str(spec), str(start)], stdout=subprocess.PIPE,
-                               stderr=err, text=True, stdin=subprocess.DEVNULL, timeout=600)
-            err.seek(max(0, err.seek(0, 2) - 4000))
-            p.stderr = err.read()
-        current = None
-        for line in p.stdout.splitlines():
-            if line.startswith("{"):
-                rec = json.loads(line)
-                if rec.get("started"):
-                    current = rec["i"]
-                else:
-                    results[rec["i"]], current = rec, None
-        if current is not None:
-            tail = [ln for ln in p.stderr.splitlines() if ln.strip()][-1:]
-            results[current] = {"i": current, "outcome": "crash", "error": f"exit {p.returncode}: {tail}"}
-            start = current + 1
-        elif p.returncode != 0:
-            raise AssertionError(f"load runner failed outside a file (exit {p.returncode}): {p.stderr[-2000:]}")
-        else:
-            start = len(files)
-    return [results[i] for i in range(len(files))]
+    return run_each(RUNNER, [str(f) for f in files], work, "file", timeout=600)
 
 
 def _check(path: Path) -> tuple[str, str]:
