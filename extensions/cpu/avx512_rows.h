@@ -2,8 +2,6 @@
 // helpers, slot orders and the per-format row unpackers of the integer engine.
 #pragma once
 
-#define HFQ_INLINE inline __attribute__((always_inline))
-
 float dot(const float* a, const float* b, int64_t n) {
   __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
   int64_t i = 0;
@@ -174,8 +172,7 @@ struct Lut4Row {   // nf4/fp4 (EO), rows aligned to 64 columns in the flattened 
 template <int FMT>
 struct LegacyRow {
   static constexpr bool has_b = FMT == FMT_Q4_1 || FMT == FMT_Q5_1;   // minimums; the other codes are signed
-  static constexpr int BYTES = FMT == FMT_Q4_0 ? 18 : FMT == FMT_Q4_1 ? 20 : FMT == FMT_Q5_0 ? 22
-                             : FMT == FMT_Q5_1 ? 24 : 34;
+  static constexpr int BYTES = ggml_block_bytes(FMT);
   static constexpr int QS = FMT == FMT_Q4_0 ? 2 : FMT == FMT_Q4_1 ? 4 : FMT == FMT_Q5_0 ? 6 : FMT == FMT_Q5_1 ? 8 : 2;
   const Weight* W;
   const u8* row;
@@ -227,8 +224,7 @@ struct LegacyRow {
 template <int FMT>
 struct KRow {
   static constexpr bool has_b = FMT == FMT_Q2_K || FMT == FMT_Q4_K || FMT == FMT_Q5_K;   // minimums
-  static constexpr int BYTES = FMT == FMT_Q2_K ? 84 : FMT == FMT_Q3_K ? 110 : FMT == FMT_Q4_K ? 144
-                             : FMT == FMT_Q5_K ? 176 : 210;
+  static constexpr int BYTES = ggml_block_bytes(FMT);
   const Weight* W;
   const u8* row;
   float d;

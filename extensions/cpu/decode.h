@@ -11,6 +11,15 @@
 
 using u8 = uint8_t;
 
+#define HFQ_INLINE inline __attribute__((always_inline))
+
+// Bytes of one GGML block (ggml's type traits), for the decoders and every unit's row unpackers.
+constexpr int ggml_block_bytes(int fmt) {
+  return fmt == hfq_cpu::FMT_Q4_0 ? 18 : fmt == hfq_cpu::FMT_Q4_1 ? 20 : fmt == hfq_cpu::FMT_Q5_0 ? 22
+       : fmt == hfq_cpu::FMT_Q5_1 ? 24 : fmt == hfq_cpu::FMT_Q8_0 ? 34 : fmt == hfq_cpu::FMT_Q2_K ? 84
+       : fmt == hfq_cpu::FMT_Q3_K ? 110 : fmt == hfq_cpu::FMT_Q4_K ? 144 : fmt == hfq_cpu::FMT_Q5_K ? 176 : 210;
+}
+
 inline float f32_from_bits(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline uint32_t bits_from_f32(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 
@@ -156,16 +165,16 @@ inline void dec_q6_k(const u8* b, float* y) {
 struct GgmlInfo { int block, bytes; void (*dec)(const u8*, float*); };
 inline GgmlInfo ggml_info(int fmt) {
   switch (fmt) {
-    case hfq_cpu::FMT_Q4_0: return {32, 18, dec_q4_0};
-    case hfq_cpu::FMT_Q4_1: return {32, 20, dec_q4_1};
-    case hfq_cpu::FMT_Q5_0: return {32, 22, dec_q5_0};
-    case hfq_cpu::FMT_Q5_1: return {32, 24, dec_q5_1};
-    case hfq_cpu::FMT_Q8_0: return {32, 34, dec_q8_0};
-    case hfq_cpu::FMT_Q2_K: return {256, 84, dec_q2_k};
-    case hfq_cpu::FMT_Q3_K: return {256, 110, dec_q3_k};
-    case hfq_cpu::FMT_Q4_K: return {256, 144, dec_q4_k};
-    case hfq_cpu::FMT_Q5_K: return {256, 176, dec_q5_k};
-    default: return {256, 210, dec_q6_k};
+    case hfq_cpu::FMT_Q4_0: return {32, ggml_block_bytes(hfq_cpu::FMT_Q4_0), dec_q4_0};
+    case hfq_cpu::FMT_Q4_1: return {32, ggml_block_bytes(hfq_cpu::FMT_Q4_1), dec_q4_1};
+    case hfq_cpu::FMT_Q5_0: return {32, ggml_block_bytes(hfq_cpu::FMT_Q5_0), dec_q5_0};
+    case hfq_cpu::FMT_Q5_1: return {32, ggml_block_bytes(hfq_cpu::FMT_Q5_1), dec_q5_1};
+    case hfq_cpu::FMT_Q8_0: return {32, ggml_block_bytes(hfq_cpu::FMT_Q8_0), dec_q8_0};
+    case hfq_cpu::FMT_Q2_K: return {256, ggml_block_bytes(hfq_cpu::FMT_Q2_K), dec_q2_k};
+    case hfq_cpu::FMT_Q3_K: return {256, ggml_block_bytes(hfq_cpu::FMT_Q3_K), dec_q3_k};
+    case hfq_cpu::FMT_Q4_K: return {256, ggml_block_bytes(hfq_cpu::FMT_Q4_K), dec_q4_k};
+    case hfq_cpu::FMT_Q5_K: return {256, ggml_block_bytes(hfq_cpu::FMT_Q5_K), dec_q5_k};
+    default: return {256, ggml_block_bytes(hfq_cpu::FMT_Q6_K), dec_q6_k};
   }
 }
 

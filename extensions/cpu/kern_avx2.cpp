@@ -20,8 +20,6 @@ namespace {
 
 using namespace hfq_cpu;
 
-#define HFQ_INLINE inline __attribute__((always_inline))
-
 float dot(const float* a, const float* b, int64_t n) {
   __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
   int64_t i = 0;
@@ -148,8 +146,7 @@ struct LutRow {   // nf4/fp4: codes over the flattened weight, first code in the
 
 template <int FMT>
 struct G32Row {   // Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
-  static constexpr int BYTES = FMT == FMT_Q4_0 ? 18 : FMT == FMT_Q4_1 ? 20 : FMT == FMT_Q5_0 ? 22
-                               : FMT == FMT_Q5_1 ? 24 : 34;
+  static constexpr int BYTES = ggml_block_bytes(FMT);
   const Weight& W;
   const u8* row = nullptr;
   explicit G32Row(const Weight& w) : W(w) {}
@@ -182,8 +179,7 @@ struct G32Row {   // Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 
 template <int FMT>
 struct KRow {   // Q2_K..Q6_K: 256-column super-blocks of eight 32-column blocks
-  static constexpr int BYTES = FMT == FMT_Q2_K ? 84 : FMT == FMT_Q3_K ? 110 : FMT == FMT_Q4_K ? 144
-                               : FMT == FMT_Q5_K ? 176 : 210;
+  static constexpr int BYTES = ggml_block_bytes(FMT);
   const Weight& W;
   const u8* row = nullptr;
   mutable const u8* sb = nullptr;

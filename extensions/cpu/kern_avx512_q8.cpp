@@ -19,16 +19,13 @@ namespace {
 
 using namespace hfq_cpu;
 
-#define HFQ_INLINE inline __attribute__((always_inline))
-
 // Activations, per row of x: the int8 x in Acts::q (64 bytes per 64-column chunk, zero past k); in Acts::s16 (32
 // floats per chunk) the scale of each 32-column block, then d * sum(q) of each block (zeros past the last block).
 // The 4- and 5-bit types take each chunk's two blocks A, B as [A 0..15, B 0..15, A 16..31, B 16..31], the order
 // in which their nibbles unpack with no shuffle across blocks; Q8_0 keeps the natural order.
 template <int FMT>
 struct Blk {
-  static constexpr int BYTES = FMT == FMT_Q4_0 ? 18 : FMT == FMT_Q4_1 ? 20 : FMT == FMT_Q5_0 ? 22
-                               : FMT == FMT_Q5_1 ? 24 : 34;
+  static constexpr int BYTES = ggml_block_bytes(FMT);
   static constexpr bool MIN = FMT == FMT_Q4_1 || FMT == FMT_Q5_1;
   static constexpr float OFF = FMT == FMT_Q4_0 ? 8.f : FMT == FMT_Q5_0 ? 16.f : FMT == FMT_Q8_0 ? 128.f : 0.f;
   static constexpr int QS = FMT == FMT_Q4_0 ? 2 : FMT == FMT_Q4_1 ? 4 : FMT == FMT_Q5_0 ? 6 : FMT == FMT_Q5_1 ? 8 : 2;
