@@ -31,8 +31,11 @@ EMBEDDINGS = ("float", "int8") + QUANT_TYPES
 # gptq/awq only; `dataset` is never written to config.json (only the `calibration` record is)
 _CAL_FIELDS = ("grid", "desc_act", "static_groups", "act_group_aware", "damp_percent", "true_sequential", "dataset",
                "n_samples", "seq_len", "seed", "calibration")
-_CAL_DEFAULTS = {"desc_act": False, "static_groups": False, "act_group_aware": False, "damp_percent": 0.01,
-                 "true_sequential": True, "n_samples": 128, "seq_len": 512, "seed": 0}
+# unset n_samples/seq_len/damp_percent are chosen from the data at calibration time, act_group_aware from the grid
+_CAL_DEFAULTS = {"desc_act": False, "static_groups": False, "true_sequential": True, "seed": 0}
+
+
+GAR_DEFAULT = True   # act_group_aware when unset, where the grid allows it (benchmarks/calibration_sweep.py)
 
 
 def _allowed(values) -> str:
@@ -74,13 +77,15 @@ class HfqConfig(QuantizationConfigMixin):
     act_group_aware: gptq only, without desc_act. Group-aware reordering (GAR, gptqmodel's default): groups are
         processed in decreasing order of their largest H_ii and columns within a group likewise, but each group
         keeps its contiguous columns, so no g_idx is stored and the layout is unchanged. int, nf4 and fp4 grids.
-    damp_percent: gptq dampening, as a fraction of the Hessian's mean diagonal (default 0.01).
+    damp_percent: gptq dampening, as a fraction of the Hessian's mean diagonal. None (default): 0.1 for a layer
+        whose calibration tokens are fewer than 64 per input column, else 0.01 (hfq.algorithms.gptq.auto_damp).
     true_sequential: gptq; quantize q/k/v, then o, then gate/up, then down, recomputing inputs after each.
     dataset: calibration text: a list of strings (or of token-id lists), a local .txt or .jsonl ("text" field)
         file, or a local datasets.Dataset with a "text" column. None uses the built-in default (the first half of
         CPython's pydoc topics). Never saved; config.json gets `calibration`, a description without texts or paths.
-    n_samples, seq_len, seed: how many token windows of how many tokens, drawn without overlap by seed
-        (defaults 128, 512, 0).
+    n_samples, seq_len, seed: how many token windows of how many tokens, drawn without overlap by seed.
+        None (default): all of the data in at most 128 windows of at most 512 tokens (the text is one stream,
+        so a list of short paragraphs fills windows); seed 0. See hfq.algorithms.calibration.plan_windows.
     """
 
     def __init__(
@@ -252,16 +257,19 @@ class HfqConfig(QuantizationConfigMixin):
             if getattr(self, k) is None:
                 setattr(self, k, v)
         for k in ("desc_act", "static_groups", "act_group_aware", "true_sequential"):
-            if not isinstance(getattr(self, k), bool):
+            if not isinstance(getattr(self, k), bool) and not (k == "act_group_aware" and self.act_group_aware is None):
                 raise ValueError(f"{k}={getattr(self, k)!r} must be True or False.")
         for k, lo in (("n_samples", 1), ("seq_len", 8), ("seed", 0)):
             v = getattr(self, k)
+            if v is None and k != "seed":
+                continue   # chosen from the data at calibration time (hfq.algorithms.calibration.plan_windows)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{k}={v!r} must be an int >= {lo}.")
         d = self.damp_percent
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d <= 1:
-            raise ValueError(f"damp_percent={d!r} must be a number in (0, 1]; 0.01 is GPTQ's default.")
-        self.damp_percent = float(d)
+        if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d <= 1):
+            raise ValueError(f"damp_percent={d!r} must be a number in (0, 1], or None (the default) for hfq's "
+                             "rule by data size (docs/gptq-awq.md).")
+        self.damp_percent = None if d is None else float(d)
         if self.grid is None:
             self.grid = "gguf" if self.quant_type is not None else "int"
         if self.grid not in GRIDS:
@@ -285,6 +293,7 @@ class HfqConfig(QuantizationConfigMixin):
             if self.desc_act:
                 raise ValueError("desc_act=True cannot be used with GGUF blocks (a block is 32 or 256 contiguous "
                                  "columns); drop desc_act.")
+            self.act_group_aware = False
             saved, self.method = self.method, "gguf"
             try:
                 self._validate_gguf()
@@ -300,6 +309,9 @@ class HfqConfig(QuantizationConfigMixin):
             self.method = saved
         if self.act_group_aware and self.group_size == -1:
             raise ValueError("act_group_aware=True needs groups (group_size > 0); group_size=-1 has one group per row.")
+        if self.act_group_aware is None:   # GAR where it applies (gptqmodel's default too): docs/gptq-awq.md
+            self.act_group_aware = (m == "gptq" and GAR_DEFAULT and self.group_size != -1 and not self.desc_act
+                                    and not self.static_groups)
         if self.grid in ("nf4", "fp4") and self.desc_act and not self.static_groups:
             raise ValueError(f"desc_act=True with grid={self.grid!r} needs static_groups=True: the {self.grid} "
                              "layout has no g_idx to reorder groups.")

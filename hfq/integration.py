@@ -273,8 +273,8 @@ def calibrate_model(model: nn.Module, config: HfqConfig, modules_to_not_convert,
     prefix, blocks = find_blocks(model)
     arch = getattr(model.config, "model_type", "")
     logger.info("hfq: %s on %d layers in %d blocks; calibration: %s, %d windows of %d tokens, seed %d",
-                config.short_name(), len(grids), len(blocks), description, len(windows), config.seq_len,
-                config.seed)
+                config.short_name(), len(grids), len(blocks), description, len(windows),
+                windows[0].shape[1], config.seed)
 
     def process(i, block_prefix, block, inputs):
         mine = {n[len(block_prefix) + 1:]: g for n, g in grids.items() if n.startswith(block_prefix + ".")}
@@ -297,5 +297,5 @@ def calibrate_model(model: nn.Module, config: HfqConfig, modules_to_not_convert,
         install(model.get_submodule(parent) if parent else model, child, grids[n], grids[n].rtn(w))
     if rest:
         logger.info("hfq: %d layer(s) outside the decoder blocks were rounded to nearest: %s", len(rest), rest[:4])
-    config.calibration = {"dataset": description, "n_samples": len(windows), "seq_len": config.seq_len,
+    config.calibration = {"dataset": description, "n_samples": len(windows), "seq_len": windows[0].shape[1],
                           "seed": config.seed}

@@ -155,3 +155,53 @@ def test_gptq_gguf_blocks_export_unchanged_and_text_calibration(export_dir, tmp_
     t = tensors["blk.0.attn_v.weight"]
     assert t.tensor_type.name == q.ggml_type
     np.testing.assert_array_equal(np.array(t.data).reshape(q.weight.shape), q.weight.detach().numpy())
+
+
+def test_short_list_of_strings_calibrates_with_the_defaults(tmp_path, caplog):
+    """A few paragraphs, far fewer tokens than 128 x 512: unset n_samples/seq_len use all of them, and say so."""
+    import logging
+
+    from helpers import WORDS, save_tiny_word_base
+
+    base = save_tiny_word_base(tmp_path / "base", "# tiny\n")
+    g = torch.Generator().manual_seed(0)
+    paras = [" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (100,), generator=g)) for _ in range(7)]
+    with caplog.at_level(logging.INFO, logger="hfq"):
+        q = AutoModelForCausalLM.from_pretrained(base, quantization_config=hfq.HfqConfig(
+            method="gptq", group_size=32, dataset=paras))
+    # 7 x 100 words = 700 tokens: ceil(700 / 512) = 2 windows of 350
+    assert q.config.quantization_config.calibration == {"dataset": "7 texts given in Python", "n_samples": 2,
+                                                        "seq_len": 350, "seed": 0}
+    assert any("700 tokens of data; using 2 windows of 350 tokens" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="the calibration data has 100 tokens; GPTQ/AWQ need at least 256"):
+        AutoModelForCausalLM.from_pretrained(base, quantization_config=hfq.HfqConfig(
+            method="gptq", group_size=32, dataset=paras[:1]))
+
+
+@pytest.mark.parametrize("tokens,width,damp", [(640 * 63, 640, 0.1), (640 * 64, 640, 0.01), (512, 2048, 0.1),
+                                               (64 * 512, 2048, 0.1), (128 * 512, 1024, 0.01), (100, 64, 0.1),
+                                               (4096, 64, 0.01)])
+def test_auto_damp_follows_the_documented_rule(tokens, width, damp):
+    """damp_percent unset: 0.1 below 64 calibration tokens per input column, 0.01 from there (docs/gptq-awq.md)."""
+    from hfq.algorithms.gptq import auto_damp
+
+    assert auto_damp(tokens, width) == damp
+
+
+def test_unset_damp_is_chosen_per_layer_from_tokens_and_width(tiny_llama_dir, caplog):
+    """Tiny llama: attention/gate/up read 64 columns, down_proj 128. 6 x 64 = 384 tokens is 6 per column for the
+    first, 3 for down: 0.1 everywhere. 64 x 64 = 4,096 tokens: 64 and 32 per column, so 0.01 and 0.1."""
+    import logging
+    import re
+
+    def damps(n):
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="hfq.algorithms.calibrated"):
+            AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=hfq.HfqConfig(
+                method="gptq", group_size=32, dataset=_ids(n), n_samples=n, seq_len=64))
+        text = " ".join(r.getMessage() for r in caplog.records if r.getMessage().startswith("gptq model.layers.0"))
+        return dict(re.findall(r"'\w+\.(\w+_proj)': \{[^}]*'damp': ([0-9.e-]+)", text))
+
+    assert set(damps(6).values()) == {"0.1"}
+    d = damps(64)
+    assert d["q_proj"] == d["gate_proj"] == "0.01" and d["down_proj"] == "0.1"

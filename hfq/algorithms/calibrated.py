@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..nn import HfqLinear
-from .gptq import Hessian, gptq_quantize
+from .gptq import Hessian, auto_damp, gptq_quantize
 from .layerwise import collect_inputs, linear_groups
 
 logger = logging.getLogger(__name__)
@@ -33,9 +33,10 @@ def install(block: nn.Module, name: str, grid, tensors: dict[str, torch.Tensor])
     return new
 
 
-def gptq_block(block: nn.Module, inputs: list, grids: dict, damp: float, desc_act: bool, static_groups: bool,
+def gptq_block(block: nn.Module, inputs: list, grids: dict, damp: float | None, desc_act: bool, static_groups: bool,
                true_sequential: bool = True, prefix: str = "", group_aware: bool = False) -> dict:
-    """GPTQ on every linear of `block` named in `grids` ({name relative to block: grid})."""
+    """GPTQ on every linear of `block` named in `grids` ({name relative to block: grid}); damp None: per layer
+    from its token count and width (hfq.algorithms.gptq.auto_damp)."""
     groups = [[n for n in g if n in grids] for g in linear_groups(block, inputs)]
     groups = [g for g in groups if g]
     missing = set(grids) - {n for g in groups for n in g}
@@ -52,7 +53,9 @@ def gptq_block(block: nn.Module, inputs: list, grids: dict, damp: float, desc_ac
         collect_inputs(block, inputs, stage, lambda n, x: hess[n].add(x) if n in hess else None)
         for n in stage:
             lin = block.get_submodule(n)
-            res = gptq_quantize(lin.weight.detach(), hess[owner[n]].H, grids[n], damp, desc_act, static_groups,
+            h = hess[owner[n]]
+            d = damp if damp is not None else auto_damp(h.n, lin.in_features)
+            res = gptq_quantize(lin.weight.detach(), h.H, grids[n], d, desc_act, static_groups,
                                 name=f"{prefix}.{n}", group_aware=group_aware)
             install(block, n, grids[n], res.tensors)
             summary[n] = {"loss": round(res.loss, 6), "damp": res.damp, **res.info}

@@ -210,13 +210,46 @@ def _nonempty(texts: list[str], source: str = "the calibration dataset") -> list
     return texts
 
 
-def calibration_windows(items: list, n_samples: int, seq_len: int, seed: int,
-                        tokenizer=None, bos_id: int | None = None) -> list[torch.Tensor]:
-    """n_samples windows [1, seq_len] drawn without overlap from the token stream of `items`, chosen by `seed`.
+MAX_WINDOWS = 128          # windows drawn when the data holds more (gptqmodel's and AutoGPTQ's usual count)
+WINDOW = 512               # tokens per window unless seq_len is given
+MIN_TOKENS = 256           # below this there is too little text to estimate a layer's input statistics
 
-    Strings are tokenized (joined by blank lines, one stream); token sequences are concatenated. The first token
-    of every window is BOS when the tokenizer has one, as in llama.cpp's calibration and evaluation."""
-    if n_samples < 1 or seq_len < 2:
+
+def plan_windows(n_tokens: int, n_samples: int | None, seq_len: int | None) -> tuple[int, int]:
+    """(windows, tokens per window) for a stream of n_tokens calibration tokens.
+
+    Unset n_samples: all of the data, cut into at most MAX_WINDOWS windows. With seq_len unset too the windows
+    shrink below WINDOW so that no tail is dropped (1,800 tokens: 4 windows of 450). Explicit values are honoured
+    exactly (even below MIN_TOKENS), and asking for more than the data holds is an error."""
+    length = seq_len or WINDOW
+    if n_samples is None:
+        if n_tokens < MIN_TOKENS:
+            raise ValueError(f"the calibration data has {n_tokens} tokens; GPTQ/AWQ need at least {MIN_TOKENS} "
+                             "(a few paragraphs). Give more text, or leave dataset out for the built-in default.")
+        if seq_len is None:
+            n = min(MAX_WINDOWS, -(-n_tokens // length))
+            return n, min(length, n_tokens // n)
+        n = min(MAX_WINDOWS, n_tokens // length)
+        if n == 0:
+            raise ValueError(f"the calibration data has {n_tokens} tokens, fewer than one window of "
+                             f"seq_len={seq_len}; give more text, or lower seq_len (or leave it unset).")
+        return n, length
+    if n_samples * length > n_tokens:
+        raise ValueError(f"the calibration data has {n_tokens} tokens: {n_tokens // length} windows of "
+                         f"seq_len={length}, but n_samples={n_samples} were asked. Give more text, or lower "
+                         f"n_samples or seq_len, or leave n_samples unset to use all of the data.")
+    return n_samples, length
+
+
+def calibration_windows(items: list, n_samples: int | None, seq_len: int | None, seed: int,
+                        tokenizer=None, bos_id: int | None = None) -> list[torch.Tensor]:
+    """Windows [1, length] drawn without overlap from the token stream of `items`, chosen by `seed`; how many
+    and how long: plan_windows.
+
+    A list of strings is one stream (joined by blank lines) cut into windows, as llama-imatrix cuts a file, so
+    short paragraphs fill windows instead of each being a padded sample. Token sequences are concatenated. The
+    first token of every window is BOS when the tokenizer has one, as in llama.cpp's calibration and evaluation."""
+    if (n_samples is not None and n_samples < 1) or (seq_len is not None and seq_len < 2):
         raise ValueError(f"n_samples={n_samples} and seq_len={seq_len} must be at least 1 and 2.")
     if isinstance(items[0], str):
         if tokenizer is None:
@@ -225,17 +258,16 @@ def calibration_windows(items: list, n_samples: int, seq_len: int, seed: int,
         bos_id = getattr(tokenizer, "bos_token_id", None) if bos_id is None else bos_id
     else:
         ids = torch.cat([torch.as_tensor(x, dtype=torch.long).reshape(-1) for x in items])
-    have = ids.numel() // seq_len
-    if have < n_samples:
-        raise ValueError(f"the calibration data has {ids.numel()} tokens: {have} windows of seq_len={seq_len}, "
-                         f"but n_samples={n_samples} were asked. Give more text, or lower n_samples or seq_len "
-                         f"(n_samples*seq_len must be at most {ids.numel()}).")
+    n, length = plan_windows(ids.numel(), n_samples, seq_len)
+    have = ids.numel() // length
     g = torch.Generator().manual_seed(seed)
-    slots = torch.randperm(have, generator=g)[:n_samples].sort().values
+    slots = torch.randperm(have, generator=g)[:n].sort().values
     windows = []
     for s in slots.tolist():
-        w = ids[s * seq_len:(s + 1) * seq_len].clone()
+        w = ids[s * length:(s + 1) * length].clone()
         if bos_id is not None:
             w[0] = bos_id
         windows.append(w.unsqueeze(0))
+    logger.info("calibration: %d tokens of data; using %d windows of %d tokens (%d tokens)", ids.numel(), n, length,
+                n * length)
     return windows

@@ -27,6 +27,16 @@ logger = logging.getLogger(__name__)
 
 BLOCK_SIZE = 128
 DAMP_STEPS = 3          # percdamp, x10, x100 before falling back to round-to-nearest
+# damp_percent when none is given, by calibration tokens per input column of the layer (tokens / in_features):
+# (below this ratio, dampening). Chosen from benchmarks/calibration_sweep.py; table in docs/gptq-awq.md.
+AUTO_DAMP = ((AUTO_DAMP_RATIO := 64, 0.1), (float("inf"), 0.01))
+
+
+def auto_damp(tokens: int, width: int) -> float:
+    """The dampening hfq uses for a layer of `width` input columns calibrated on `tokens` tokens: with few tokens
+    per column H is poorly estimated (rank <= tokens) and stronger dampening keeps GPTQ from overfitting it."""
+    ratio = tokens / max(width, 1)
+    return next(d for limit, d in AUTO_DAMP if ratio < limit)
 
 
 class Hessian:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import shlex
@@ -34,14 +35,15 @@ def add_parsers(sub) -> None:
                    help="gptq/awq: grid to round onto (default int; gguf when --quant-type is given)")
     q.add_argument("--dataset", metavar="FILE", help="gptq/awq: calibration .txt or .jsonl (\"text\" field); "
                    "default: hfq's built-in text (first half of CPython's pydoc topics)")
-    q.add_argument("--n-samples", type=int, help="gptq/awq: calibration windows (default 128)")
-    q.add_argument("--seq-len", type=int, help="gptq/awq: tokens per window (default 512)")
+    q.add_argument("--n-samples", type=int, help="gptq/awq: calibration windows (default: all of the data, at most 128)")
+    q.add_argument("--seq-len", type=int, help="gptq/awq: tokens per window (default: at most 512, shrunk so a short text is used whole)")
     q.add_argument("--seed", type=int, help="gptq/awq: seed that picks the windows (default 0)")
     q.add_argument("--desc-act", action="store_true", default=None, help="gptq: act-order (stores g_idx)")
     q.add_argument("--static-groups", action="store_true", default=None, help="gptq: act-order with fixed groups")
-    q.add_argument("--act-group-aware", action="store_true", default=None,
-                   help="gptq: group-aware column order (GAR), no g_idx")
-    q.add_argument("--damp-percent", type=float, help="gptq: dampening, fraction of mean diag(H) (default 0.01)")
+    q.add_argument("--act-group-aware", action=argparse.BooleanOptionalAction, default=None,
+                   help="gptq: group-aware column order (GAR), no g_idx (default: on where the grid allows it)")
+    q.add_argument("--damp-percent", type=float, help="gptq: dampening, fraction of mean diag(H) (default: 0.1 below 64 calibration tokens per "
+                   "input column of a layer, else 0.01)")
     q.add_argument("--embeddings", metavar="STORAGE",
                    help=f"input embedding and output head: one of {', '.join(EMBEDDINGS)} (default: llama.cpp's "
                    "types for gguf, float otherwise; a tied head shares the embedding's table)")

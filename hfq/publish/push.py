@@ -35,7 +35,8 @@ EMBEDDED_NOTE = ("the embedded base's float weights are the dequantized values o
 
 def quantize_command(base: str, settings: dict, out: str) -> str:
     """The `hfq quantize` command that makes the same weights as these HfqConfig settings."""
-    flags = {"bits": "--bits", "group_size": "--group-size", "quant_type": "--quant-type"}
+    flags = {"bits": "--bits", "group_size": "--group-size", "quant_type": "--quant-type",
+             "damp_percent": "--damp-percent"}
     args = ["hfq", "quantize", base, "--method", settings["method"]]
     for k, flag in flags.items():
         if settings.get(k) is not None:
@@ -50,6 +51,9 @@ def quantize_command(base: str, settings: dict, out: str) -> str:
         args.append("--desc-act")
     if settings.get("act_group_aware"):
         args.append("--act-group-aware")
+    elif (settings.get("act_group_aware") is False and settings["method"] == "gptq" and not settings.get("desc_act")
+          and settings.get("quant_type") is None):
+        args.append("--no-act-group-aware")   # on by default where the grid allows it
     if "dataset" in settings or settings.get("calibration"):
         if "dataset" in settings:   # the calibration text, saved as a file (the card says which text it is)
             args += ["--dataset", "calibration.txt"]

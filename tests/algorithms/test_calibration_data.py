@@ -134,3 +134,41 @@ def test_file_faults_name_the_file(tmp_path):
         (tmp_path / name).write_bytes(raw)
         with pytest.raises(ValueError, match=pattern):
             dataset_texts(tmp_path / name)
+
+
+@pytest.mark.parametrize("n_tokens,n_samples,seq_len,expected", [
+    (1801, None, None, (4, 450)),      # all of a short text: ceil(1801/512) windows, shrunk to fit
+    (512, None, None, (1, 512)),
+    (300, None, None, (1, 300)),
+    (100_000, None, None, (128, 512)),  # more than 128 windows' worth: 128 windows of 512
+    (2000, None, 512, (3, 512)),       # seq_len given: whole windows of it, tail dropped
+    (2000, None, 64, (31, 64)),
+    (1000, 4, 128, (4, 128)),          # both given: exactly that
+    (2000, 3, None, (3, 512)),
+])
+def test_plan_windows_uses_what_the_data_holds(n_tokens, n_samples, seq_len, expected):
+    from hfq.algorithms.calibration import plan_windows
+
+    assert plan_windows(n_tokens, n_samples, seq_len) == expected
+
+
+@pytest.mark.parametrize("n_tokens,n_samples,seq_len,match", [
+    (255, None, None, "has 255 tokens; GPTQ/AWQ need at least 256"),
+    (300, None, 512, "fewer than one window of seq_len=512"),
+    (1000, 8, 128, "7 windows of seq_len=128, but n_samples=8 were asked"),
+    (1000, 2, None, "1 windows of seq_len=512, but n_samples=2"),
+])
+def test_plan_windows_refuses_only_what_the_data_cannot_give(n_tokens, n_samples, seq_len, match):
+    from hfq.algorithms.calibration import plan_windows
+
+    with pytest.raises(ValueError, match=match):
+        plan_windows(n_tokens, n_samples, seq_len)
+
+
+def test_unset_sizes_take_all_of_a_short_text_and_log_it(caplog):
+    text = "short paragraph. " * 106   # 1,802 characters = tokens with _Tok, then "\n\n" joins
+    with caplog.at_level(logging.INFO, logger="hfq.algorithms.calibration"):
+        w = calibration_windows([text[:900], text[900:]], None, None, seed=0, tokenizer=_Tok())
+    # 1,804 tokens: 4 windows of 451, every token but the last used
+    assert [x.shape for x in w] == [torch.Size([1, 451])] * 4
+    assert any("1804 tokens of data; using 4 windows of 451 tokens" in r.getMessage() for r in caplog.records)
