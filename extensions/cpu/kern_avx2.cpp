@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "qlinear.h"
 
@@ -47,17 +48,19 @@ HFQ_INLINE __m256i bits16(uint32_t m) {   // word j = 16 where bit j of m is set
 HFQ_INLINE __m256i shr(__m256i v, int n) { return _mm256_srl_epi16(v, _mm_cvtsi32_si128(n)); }
 
 // Slot orders of x within a 32-column block, matching how each format's codes unpack.
-enum Slot { NAT, EO32, EO16, PK };
+enum Slot { NAT, EO32, EO16, PK, PK2 };
 inline int slot_col(Slot s, int j) {
   if (s == EO32) return j < 16 ? 2 * j : 2 * (j - 16) + 1;
   if (s == EO16) { const int t = j % 16; return 16 * (j / 16) + (t < 8 ? 2 * t : 2 * (t - 8) + 1); }
   if (s == PK) { const int t = j % 16; static const int q[4] = {0, 8, 4, 12}; return 16 * (j / 16) + q[t / 4] + t % 4; }
+  if (s == PK2) return 8 * (j / 16) + j % 8 + 16 * (j % 16 / 8);
   return j;
 }
 inline Slot slot_of(const Weight& W) {
   if (W.fmt == FMT_LUT4) return EO16;
   if (W.fmt == FMT_INT && W.bits == 4) return EO32;
   if (W.fmt == FMT_INT && W.bits < 4) return PK;
+  if (W.fmt == FMT_INT && W.bits < 8) return PK2;
   return NAT;
 }
 
@@ -69,13 +72,16 @@ struct IntRow {
   const Weight& W;
   const u8* row = nullptr; const uint16_t* sc = nullptr; const u8* zp = nullptr;
   int64_t G;
-  __m256i shuf[4], sh[4];   // 2- and 3-bit codes: per 8 codes, the two bytes holding each and its bit offset
+  __m256i shuf[4], sh[4];   // 2, 3, 5, 6, 7-bit codes: per 8 codes, the two bytes holding each and its bit offset
   explicit IntRow(const Weight& w) : W(w), G(w.in / w.group) {
-    for (int g = 0; g < 4; ++g) {   // 32-bit lane i (128-bit half i / 4) takes code 8g + i
+    // 2 and 3 bits: one 16-byte window in both halves, 32-bit lane i takes code 8g + i. 5 to 7 bits: the low half
+    // holds the block's bytes from 0 and the high half from 2 * bits (code 16), lane i takes code 4g + i % 4 of its
+    // half, so every code lies within its half's 16 bytes.
+    for (int g = 0; g < 4; ++g) {
       alignas(32) uint8_t c[32];
       alignas(32) int32_t s[8];
       for (int i = 0; i < 8; ++i) {
-        const int off = W.bits * (8 * g + i), at = 16 * (i / 4) + 4 * (i % 4);
+        const int off = W.bits < 4 ? W.bits * (8 * g + i) : W.bits * (4 * g + i % 4), at = 16 * (i / 4) + 4 * (i % 4);
         s[i] = off % 8;
         c[at] = (uint8_t)(off / 8);
         c[at + 1] = (uint8_t)(off / 8 + 1);
@@ -98,11 +104,28 @@ struct IntRow {
     } else if (W.bits == 8) {
       k.A = _mm256_sub_epi16(u8x16(row + 32 * b), z);
       k.B = _mm256_sub_epi16(u8x16(row + 32 * b + 16), z);
-    } else {   // 2 or 3 bits: 8 or 12 bytes per block, codes in 32-bit lanes, packed to int16 (slot order PK)
+    } else if (W.bits < 4) {   // 2 or 3 bits: 8 or 12 bytes per block, codes in 32-bit lanes, packed to int16 (PK)
       const u8* p = row + 4 * W.bits * b;
       __m128i t = _mm_loadl_epi64((const __m128i*)p);   // never past the block's own bytes
       if (W.bits == 3) t = _mm_insert_epi32(t, (int)load_u32(p + 8), 2);
       const __m256i v = _mm256_broadcastsi128_si256(t);
+      const __m256i mk = _mm256_set1_epi32((1 << W.bits) - 1);
+      __m256i c[4];
+      for (int g = 0; g < 4; ++g) c[g] = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(v, shuf[g]), sh[g]), mk);
+      k.A = _mm256_sub_epi16(_mm256_packs_epi32(c[0], c[1]), z);
+      k.B = _mm256_sub_epi16(_mm256_packs_epi32(c[2], c[3]), z);
+    } else {   // 5 to 7 bits: 4 * bits bytes per block, two 16-byte windows (slot order PK2)
+      const u8* p = row + 4 * W.bits * b;
+      const __m128i lo = _mm_loadu_si128((const __m128i*)p);
+      __m128i hi;
+      if (32 * (b + 1) < W.in) {
+        hi = _mm_loadu_si128((const __m128i*)(p + 2 * W.bits));   // may read into the next block, never used
+      } else {   // the row's last block: never read past the weight's end
+        alignas(16) u8 t[16] = {0};
+        std::memcpy(t, p + 2 * W.bits, 2 * W.bits);
+        hi = _mm_load_si128((const __m128i*)t);
+      }
+      const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
       const __m256i mk = _mm256_set1_epi32((1 << W.bits) - 1);
       __m256i c[4];
       for (int g = 0; g < 4; ++g) c[g] = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(v, shuf[g]), sh[g]), mk);
@@ -257,29 +280,39 @@ HFQ_INLINE float hsum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
 }
 
+// Even and odd blocks add into their own float sums: one chain of multiply-adds would wait on its own latency.
 template <class R, int MT>
 HFQ_INLINE void run_row(R& row, const Weight& W, const Acts& a, int m0, int64_t r, float* y) {
-  __m256 f[MT];
-  float fb[MT];
-  for (int m = 0; m < MT; ++m) { f[m] = _mm256_setzero_ps(); fb[m] = 0.f; }
+  __m256 f[2][MT];
+  float fb[2][MT];
+  for (int m = 0; m < MT; ++m)
+    for (int h = 0; h < 2; ++h) { f[h][m] = _mm256_setzero_ps(); fb[h][m] = 0.f; }
   const int64_t nb = W.in / 32, cs = a.chunks;
   Blk k;
-  for (int64_t b = 0; b < nb; ++b) {
+  auto block = [&](int64_t b, auto half) __attribute__((always_inline)) {
+    constexpr int H = decltype(half)::value;
     row.block(b, k);
     const int64_t c = b >> 1;
     for (int m = 0; m < MT; ++m) {
       const int64_t i = (m0 + m) * cs + c;
-      const int16_t* xq = a.q + i * 64 + 32 * (b & 1);
+      const int16_t* xq = a.q + i * 64 + 32 * H;
       const __m256i p = _mm256_add_epi32(_mm256_madd_epi16(k.A, _mm256_loadu_si256((const __m256i*)xq)),
                                          _mm256_madd_epi16(k.B, _mm256_loadu_si256((const __m256i*)(xq + 16))));
-      f[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(k.s * a.d[i]), f[m]);
+      f[H][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(k.s * a.d[i]), f[H][m]);
       if (k.mA != 0.f || k.mB != 0.f) {
-        const float* s = a.s16 + i * 4 + 2 * (b & 1);
-        fb[m] += k.mA * s[0] + k.mB * s[1];
+        const float* s = a.s16 + i * 4 + 2 * H;
+        fb[H][m] += k.mA * s[0] + k.mB * s[1];
       }
     }
+  };
+  int64_t b = 0;
+  for (; b + 2 <= nb; b += 2) {   // block b is the first half of chunk b / 2, block b + 1 the second
+    block(b, std::integral_constant<int, 0>());
+    block(b + 1, std::integral_constant<int, 1>());
   }
-  for (int m = 0; m < MT; ++m) y[(m0 + m) * W.out + r] = hsum(f[m]) + fb[m];
+  if (b < nb) block(b, std::integral_constant<int, 0>());
+  for (int m = 0; m < MT; ++m)
+    y[(m0 + m) * W.out + r] = hsum(_mm256_add_ps(f[0][m], f[1][m])) + (fb[0][m] + fb[1][m]);
 }
 
 template <class R>
@@ -299,7 +332,7 @@ void run(R row, const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y
 
 bool fast(const Weight& W) {
   if (W.g_idx || W.in % 32) return false;
-  if (W.fmt == FMT_INT) return (W.bits <= 4 || W.bits == 8) && W.group % 32 == 0;
+  if (W.fmt == FMT_INT) return W.group % 32 == 0;
   if (W.fmt == FMT_LUT4) return W.group % 32 == 0;
   return true;
 }

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "avx512_parts.h"
 #include "qlinear.h"
@@ -42,42 +43,78 @@ int chunks_per_block(const Weight& W) {
   return 1;
 }
 
-template <class R, int MT>
+// One row of x waits on latency: each vpdpwssd or multiply-add waits on the last one into its accumulator. So even
+// and odd chunks take their own float sums, blocks of several chunks (ONE false) four int32 chains (v0, v1 x even,
+// odd), and the end of a block is a countdown, not a division per chunk.
+template <class R, int MT, bool ONE>
 inline void run_row(R& row, const Acts& a, int m0, int64_t r, int64_t out, float* y, const char* pf, int64_t step,
                     int cpb) {
-  __m512 f[MT];
-  __m128 fb[MT];
-  __m512i p[MT];
-  for (int m = 0; m < MT; ++m) { f[m] = _mm512_setzero_ps(); fb[m] = _mm_setzero_ps(); p[m] = _mm512_setzero_si512(); }
+  __m512 f[2][MT];
+  __m128 fb[2][MT];
+  __m512i p[4][MT];
+  for (int m = 0; m < MT; ++m) {
+    for (int h = 0; h < 2; ++h) { f[h][m] = _mm512_setzero_ps(); fb[h][m] = _mm_setzero_ps(); }
+    for (int h = 0; h < 4; ++h) p[h][m] = _mm512_setzero_si512();
+  }
   const int64_t cs = a.chunks;
-  for (int64_t c = 0; c < cs; ++c) {
+  int left = cpb;   // chunks until the accumulation block ends
+  auto step1 = [&](int64_t c, auto half) __attribute__((always_inline)) {
+    constexpr int H = decltype(half)::value;
     _mm_prefetch(pf + c * step, _MM_HINT_T0);
     __m512i v0, v1;
     __m512 s;
     __m128 b4;
     row.chunk(c, v0, v1, s, b4);
-    const bool flush = (c + 1) % cpb == 0 || c + 1 == cs;
+    const bool flush = ONE || --left == 0 || c + 1 == cs;
+    if (!ONE && flush) left = cpb;
     for (int m = 0; m < MT; ++m) {
       const int64_t i = (m0 + m) * cs + c;
       const int16_t* xq = a.q + i * 64;
-      p[m] = _mm512_dpwssd_epi32(p[m], v0, _mm512_loadu_si512(xq));
-      p[m] = _mm512_dpwssd_epi32(p[m], v1, _mm512_loadu_si512(xq + 32));
-      if (flush) {
-        f[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[m]), _mm512_mul_ps(s, _mm512_set1_ps(a.d[i])), f[m]);
-        p[m] = _mm512_setzero_si512();
+      if (ONE) {   // every chunk ends a block: one short chain per chunk, no int32 state between chunks
+        const __m512i q = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), v0, _mm512_loadu_si512(xq)),
+                                              v1, _mm512_loadu_si512(xq + 32));
+        f[H][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), _mm512_mul_ps(s, _mm512_set1_ps(a.d[i])), f[H][m]);
+        if (R::has_b) fb[H][m] = _mm_fmadd_ps(b4, _mm_loadu_ps(a.s16 + i * 4), fb[H][m]);
+        continue;
       }
-      if (R::has_b) fb[m] = _mm_fmadd_ps(b4, _mm_loadu_ps(a.s16 + i * 4), fb[m]);
+      p[2 * H][m] = _mm512_dpwssd_epi32(p[2 * H][m], v0, _mm512_loadu_si512(xq));
+      p[2 * H + 1][m] = _mm512_dpwssd_epi32(p[2 * H + 1][m], v1, _mm512_loadu_si512(xq + 32));
+      if (flush) {
+        const __m512i q = _mm512_add_epi32(_mm512_add_epi32(p[0][m], p[1][m]), _mm512_add_epi32(p[2][m], p[3][m]));
+        f[H][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), _mm512_mul_ps(s, _mm512_set1_ps(a.d[i])), f[H][m]);
+        for (int h = 0; h < 4; ++h) p[h][m] = _mm512_setzero_si512();
+      }
+      if (R::has_b) fb[H][m] = _mm_fmadd_ps(b4, _mm_loadu_ps(a.s16 + i * 4), fb[H][m]);
     }
+  };
+  int64_t c = 0;
+  for (; c + 2 <= cs; c += 2) {
+    step1(c, std::integral_constant<int, 0>());
+    step1(c + 1, std::integral_constant<int, 1>());
   }
+  if (c < cs) step1(c, std::integral_constant<int, 0>());
   for (int m = 0; m < MT; ++m) {
     float b = 0;
     if (R::has_b) {
-      __m128 h = fb[m];
+      __m128 h = _mm_add_ps(fb[0][m], fb[1][m]);
       h = _mm_add_ps(h, _mm_movehl_ps(h, h));
       h = _mm_add_ss(h, _mm_movehdup_ps(h));
       b = _mm_cvtss_f32(h);
     }
-    y[(m0 + m) * out + r] = _mm512_reduce_add_ps(f[m]) + b;
+    y[(m0 + m) * out + r] = _mm512_reduce_add_ps(_mm512_add_ps(f[0][m], f[1][m])) + b;
+  }
+}
+
+template <class R, bool ONE>
+inline void rows_of_x(R& row, const Acts& a, int64_t r, int64_t out, float* y, const char* pf, int64_t step, int cpb) {
+  int m0 = 0;
+  for (; m0 + 4 <= a.m; m0 += 4) { row.seek(r); run_row<R, 4, ONE>(row, a, m0, r, out, y, pf, step, cpb); }
+  row.seek(r);
+  switch (a.m - m0) {
+    case 3: run_row<R, 3, ONE>(row, a, m0, r, out, y, pf, step, cpb); break;
+    case 2: run_row<R, 2, ONE>(row, a, m0, r, out, y, pf, step, cpb); break;
+    case 1: run_row<R, 1, ONE>(row, a, m0, r, out, y, pf, step, cpb); break;
+    default: break;
   }
 }
 
@@ -92,15 +129,8 @@ void run(R row, const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y
   for (int64_t r = r0; r < r1; ++r) {
     const char* pf = (const char*)(W.w + r * rb) + HFQ_PF_BYTES;
     if (pf + rb > end) pf = end - rb;
-    int m0 = 0;
-    for (; m0 + 4 <= a.m; m0 += 4) { row.seek(r); run_row<R, 4>(row, a, m0, r, W.out, y, pf, step, cpb); }
-    row.seek(r);
-    switch (a.m - m0) {
-      case 3: run_row<R, 3>(row, a, m0, r, W.out, y, pf, step, cpb); break;
-      case 2: run_row<R, 2>(row, a, m0, r, W.out, y, pf, step, cpb); break;
-      case 1: run_row<R, 1>(row, a, m0, r, W.out, y, pf, step, cpb); break;
-      default: break;
-    }
+    if (cpb == 1) rows_of_x<R, true>(row, a, r, W.out, y, pf, step, cpb);
+    else rows_of_x<R, false>(row, a, r, W.out, y, pf, step, cpb);
   }
 }
 

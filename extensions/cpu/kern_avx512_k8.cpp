@@ -97,8 +97,8 @@ inline void k8_row(K8Row<FMT>& row, const Acts& a, int m0, int64_t r, int64_t ou
     const u8* b = row.k.row + sb * K8Row<FMT>::BYTES;
     for (int o = 0; o < K8Row<FMT>::BYTES; o += 64) _mm_prefetch(pf + sb * K8Row<FMT>::BYTES + o, _MM_HINT_T0);
     row.superblock(b);
-    __m512i p[MT];
-    for (int m = 0; m < MT; ++m) p[m] = _mm512_setzero_si512();
+    __m512i p[MT], p2[MT];   // two chains: each vpdpwssd waits on the last one into its accumulator
+    for (int m = 0; m < MT; ++m) p[m] = p2[m] = _mm512_setzero_si512();
     for (int h = 0; h < 2; ++h) {
       __m512i lo, hi;
       row.codes(b, h, lo, hi);
@@ -107,13 +107,14 @@ inline void k8_row(K8Row<FMT>& row, const Acts& a, int m0, int64_t r, int64_t ou
       for (int m = 0; m < MT; ++m) {
         const int8_t* xq = reinterpret_cast<const int8_t*>(a.q + ((m0 + m) * cs + 4 * sb) * 64) + 128 * h;
         p[m] = _mm512_dpwssd_epi32(p[m], _mm512_maddubs_epi16(lo, _mm512_loadu_si512(xq)), slo);
-        p[m] = _mm512_dpwssd_epi32(p[m], _mm512_maddubs_epi16(hi, _mm512_loadu_si512(xq + 64)), shi);
+        p2[m] = _mm512_dpwssd_epi32(p2[m], _mm512_maddubs_epi16(hi, _mm512_loadu_si512(xq + 64)), shi);
       }
     }
     const __m512 B = _mm512_loadu_ps(row.k.B);
     for (int m = 0; m < MT; ++m) {
       const int64_t i = (m0 + m) * cs + 4 * sb;
-      f[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[m]), _mm512_set1_ps(row.k.d * a.d[i]), f[m]);
+      f[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p[m], p2[m])), _mm512_set1_ps(row.k.d * a.d[i]),
+                             f[m]);
       fb[m] = _mm512_fmadd_ps(B, _mm512_loadu_ps(a.s16 + i * 4), fb[m]);
     }
   }

@@ -68,8 +68,8 @@ HFQ_INLINE void q8_row(const Weight& W, const Acts& a, int m0, int64_t r, float*
   using B = Blk<FMT>;
   const u8* row = W.w + r * W.row_bytes;
   const int64_t nb = W.in / 32, cs = a.chunks;
-  __m512 f[MT], fo[MT];
-  for (int m = 0; m < MT; ++m) f[m] = fo[m] = _mm512_setzero_ps();
+  __m512 f[MT], f2[MT], fo[MT];
+  for (int m = 0; m < MT; ++m) f[m] = f2[m] = fo[m] = _mm512_setzero_ps();
   // Block of each int32 lane of vpdpbusd (four bytes each) in the chunk order.
   const __m512i pair0 = FMT == FMT_Q8_0 ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
                                         : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
@@ -86,18 +86,22 @@ HFQ_INLINE void q8_row(const Weight& W, const Acts& a, int m0, int64_t r, float*
     }
     __m512i idx = pair0;
     const int64_t c1 = c0 + 8 < cs ? c0 + 8 : cs;
-    for (int64_t c = c0; c < c1; ++c, idx = _mm512_add_epi32(idx, two)) {
+    auto chunk = [&](int64_t c, __m512* acc) __attribute__((always_inline)) {
       const u8* ba = row + 2 * c * B::BYTES;
       _mm_prefetch(pf + 2 * c * B::BYTES, _MM_HINT_T0);
       const __m512i q = B::codes(ba, 2 * c + 1 < nb ? ba + B::BYTES : nullptr);
       for (int m = 0; m < MT; ++m) {
         const __m512i x = _mm512_loadu_si512(reinterpret_cast<const int8_t*>(a.q) + ((m0 + m) * cs + c) * 64);
         const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
-        f[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx, wx[m]), f[m]);
+        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx, wx[m]), acc[m]);
       }
-    }
+      idx = _mm512_add_epi32(idx, two);
+    };
+    int64_t c = c0;   // even and odd chunks into their own sums: one multiply-add chain would wait on its latency
+    for (; c + 2 <= c1; c += 2) { chunk(c, f); chunk(c + 1, f2); }
+    if (c < c1) chunk(c, f);
   }
-  for (int m = 0; m < MT; ++m) y[(m0 + m) * W.out + r] = _mm512_reduce_add_ps(_mm512_add_ps(f[m], fo[m]));
+  for (int m = 0; m < MT; ++m) y[(m0 + m) * W.out + r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(f[m], f2[m]), fo[m]));
 }
 
 template <int FMT>

@@ -156,7 +156,7 @@ def _check_linear(run, w_dense, in_f, rows, dtype, lut_step=None, seed=0, block=
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
 def test_linear_int_within_bound(isa, dtype, bits):
     for _, gs, in_f in INT_SHAPES + [(4, 64, 192)]:
         if (in_f if gs == -1 else gs) * bits % 8:
