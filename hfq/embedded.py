@@ -62,14 +62,10 @@ def local_model(name: str = "gemma-3-270m") -> Path:
         return out
     src = gguf_path(name)
     logger.info("hfq: building the float %s folder from %s (once, about a minute)", name, src.name)
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from .integration import load_causal_lm, load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(
-        src.parent, gguf_file=src.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32,
-        trust_remote_code=False,
-    )
+    tok = load_tokenizer(src.parent, gguf_file=src.name)
+    model = load_causal_lm(src.parent, gguf_file=src.name, dequantize_gguf=True)   # float32
     # Gemma-3 ends chat turns with <end_of_turn> (106); the GGUF only names <eos> (1).
     model.generation_config.eos_token_id = [1, 106]
     # another process that finished first keeps its folder; a stale one without a valid marker is replaced

@@ -1,5 +1,9 @@
 """Model surgery for transformers models: swap nn.Linear for HfqLinear, quantize tensors as they load,
-and undo it. Version-specific hook calls stay in quantizer.py; this module uses stable transformers APIs."""
+and undo it. Version-specific hook calls stay in quantizer.py; this module uses stable transformers APIs.
+
+It also holds the transformers calls of the layers above it (publish, space) and beside it (embedded): loading a
+tokenizer or a causal LM without remote code, and a streamer for generate(), so that only the integration layer
+imports transformers (tests/test_packaging.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from .algorithms.calibration import calibration_windows, dataset_texts
 from .algorithms.ggml_quant import quantize_rows
 from .algorithms.grids import make_grid
 from .algorithms.layerwise import calibrate_blocks, find_blocks, onload_block
+from .checkpoint import NO_REMOTE_CODE
 from .config import HfqConfig
 from .formats.layouts import check_shape
 from .gguf import mixes
@@ -299,3 +304,38 @@ def calibrate_model(model: nn.Module, config: HfqConfig, modules_to_not_convert,
         logger.info("hfq: %d layer(s) outside the decoder blocks were rounded to nearest: %s", len(rest), rest[:4])
     config.calibration = {"dataset": description, "n_samples": len(windows), "seq_len": windows[0].shape[1],
                           "seed": config.seed}
+
+
+# ---- transformers for the upper layers (imported on use, as those layers did) ----
+
+def load_tokenizer(src, **kwargs):
+    """AutoTokenizer for src, without remote code (gguf_file= reads a GGUF file's vocabulary)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(src, **kwargs, **NO_REMOTE_CODE)
+
+
+def load_causal_lm(src, dtype: torch.dtype = torch.float32, gguf_file: str | None = None,
+                   dequantize_gguf: bool = False):
+    """AutoModelForCausalLM for src (a folder, a Hub id, or the folder of gguf_file) in dtype, without remote code.
+    dequantize_gguf passes GgufConfig(dequantize=True): float weights from the GGUF file."""
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    kw = {} if gguf_file is None else {"gguf_file": gguf_file}
+    if dequantize_gguf:
+        kw["quantization_config"] = GgufConfig(dequantize=True)
+    return AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw, **NO_REMOTE_CODE)
+
+
+def token_streamer(put, end):
+    """A generate() streamer: put(ids) for each new step (the prompt comes first), end() once at the end."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class _Streamer(BaseStreamer):
+        def put(self, value):
+            put(value)
+
+        def end(self):
+            end()
+
+    return _Streamer()

@@ -2,23 +2,48 @@
 
 peft has no public hook for third-party quantized layers: `LoraModel._create_new_module` tries a fixed list of
 `dispatch_*` functions (bitsandbytes, GPTQ, AWQ, HQQ, torchao, ... then nn.Linear), and its one extension point,
-`LoraConfig._register_custom_module`, is experimental and must be repeated on every config. `enable()` therefore
-wraps `_create_new_module` once: an HfqLinear base layer gets `HfqLoraLinear`, everything else goes to peft's own
+`LoraConfig._register_custom_module`, is documented as experimental, subject to change, and lost on save (it must be
+repeated on every config, including the one PeftModel.from_pretrained reads). `enable()` therefore wraps
+`_create_new_module` once: an HfqLinear base layer gets `HfqLoraLinear`, everything else goes to peft's own
 dispatchers unchanged. The quantizer calls it when it loads a model and peft is installed, so `get_peft_model`,
-`PeftModel.from_pretrained` and `model.add_adapter` work with peft's public API.
+`PeftModel.from_pretrained` and `model.add_adapter` work with peft's public API. Every peft internal this relies on
+is checked first (`_check_peft`): a peft that changed them stops the load with one error naming its version.
+
+peft's parameter counts special-case only bitsandbytes' Params4bit; `enable()` also wraps
+`get_nb_trainable_parameters` so that `print_trainable_parameters` counts packed layers by their logical weights.
 
 The packed base stays frozen: the hfq linear ops carry an autograd formula for x only (hfq/kernels/ops.py).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import inspect
 import logging
 
-from peft.tuners.lora import LoraConfig, LoraModel
-from peft.tuners.lora.layer import Linear
-from peft.tuners.tuners_utils import BaseTunerLayer
-
 from .nn import HfqLinear
+from .nn.counting import packed_shortfall
+
+TESTED_PEFT = "0.21.2"
+
+
+def _mismatch(what: str) -> RuntimeError:
+    version = importlib.metadata.version("peft")
+    return RuntimeError(
+        f"hfq: peft {version} does not fit hfq's QLoRA support: {what}. peft has no public hook for third-party "
+        f"quantized layers, so hfq uses these internals (docs/training.md); it is tested with peft {TESTED_PEFT}. "
+        f"Install a peft that fits (pip install 'peft>=0.18,<={TESTED_PEFT}'), or uninstall peft if you do not "
+        "train adapters.")
+
+
+try:
+    from peft import PeftMixedModel, PeftModel
+    from peft.tuners.lora import LoraConfig, LoraModel
+    from peft.tuners.lora.layer import Linear, LoraLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer
+except ImportError as e:
+    raise _mismatch(str(e)) from e
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +107,43 @@ def _user_maps(config, base) -> bool:
     return any(isinstance(base, k) for k in custom)
 
 
+def _check_peft() -> None:
+    """The peft internals enable() and HfqLoraLinear rely on, as peft TESTED_PEFT defines them."""
+    problems = []
+    create = inspect.getattr_static(LoraModel, "_create_new_module", None)
+    if not isinstance(create, staticmethod):
+        problems.append("LoraModel._create_new_module is no longer a staticmethod")
+    else:
+        params = list(inspect.signature(create.__func__).parameters.values())
+        if ([p.name for p in params[:3]] != ["lora_config", "adapter_name", "target"]
+                or params[-1].kind is not inspect.Parameter.VAR_KEYWORD):
+            problems.append(f"LoraModel._create_new_module{inspect.signature(create.__func__)} is not "
+                            "(lora_config, adapter_name, target, **kwargs)")
+    for cls, name in ((LoraLayer, "_get_in_out_features"), (LoraLayer, "resolve_lora_variant"),
+                      (PeftModel, "get_nb_trainable_parameters"), (PeftMixedModel, "get_nb_trainable_parameters")):
+        if not callable(getattr(cls, name, None)):
+            problems.append(f"{cls.__name__}.{name} is gone")
+    if problems:
+        raise _mismatch("; ".join(problems))
+
+
+def _logical_counts(original):
+    @functools.wraps(original)
+    def get_nb_trainable_parameters(self):
+        trainable, total = original(self)
+        return trainable, total + packed_shortfall(self)   # packed codes never train: only the total changes
+
+    get_nb_trainable_parameters._hfq = True
+    return get_nb_trainable_parameters
+
+
 def enable() -> None:
-    """Route HfqLinear targets of peft's LoRA to HfqLoraLinear (once per process; a user's own
-    `_register_custom_module` mapping for HfqLinear still wins)."""
+    """Route HfqLinear targets of peft's LoRA to HfqLoraLinear and make peft's counts logical (once per process; a
+    user's own `_register_custom_module` mapping for HfqLinear still wins)."""
     original = LoraModel._create_new_module
     if getattr(original, "_hfq", False):
         return
+    _check_peft()
 
     def _create_new_module(lora_config, adapter_name, target, **kwargs):
         base = _base_of(target)
@@ -99,3 +155,6 @@ def enable() -> None:
 
     _create_new_module._hfq = True
     LoraModel._create_new_module = staticmethod(_create_new_module)
+    for cls in (PeftModel, PeftMixedModel):
+        if not getattr(cls.get_nb_trainable_parameters, "_hfq", False):
+            cls.get_nb_trainable_parameters = _logical_counts(cls.get_nb_trainable_parameters)

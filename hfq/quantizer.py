@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import types
 
 import torch
 from transformers import AutoTokenizer
@@ -19,6 +20,7 @@ from .integration import (HfqQuantize, calibrate_model, convertible_linears, deq
                           quantize_embeddings, replace_embeddings, replace_with_hfq_linear, tie_quantized_head,
                           tied_head_extras)
 from .nn import HfqLinear
+from .nn.counting import num_parameters
 from .verify import check_model_data, verify_loading
 
 logger = logging.getLogger(__name__)
@@ -90,6 +92,9 @@ class HfqQuantizer(HfQuantizer):
             return upload(working_dir, repo_id, *args, **kw)
 
         model._upload_modified_files = upload_with_card
+        # transformers counts stored elements (packed uint8 codes) and special-cases only bitsandbytes' Params4bit;
+        # this model's own num_parameters counts each quantized layer as its float weight, as bitsandbytes' does.
+        model.num_parameters = types.MethodType(num_parameters, model)
         _enable_peft()
         if cfg.method not in CALIBRATED or self.pre_quantized:
             tie_quantized_head(model, self.embedding_types)

@@ -1,6 +1,7 @@
 """The wheel carries extensions/ and model_cards/, the layers import only downward, and `import hfq` stays light."""
 
 import ast
+import re
 import subprocess
 import sys
 import zipfile
@@ -10,8 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Which rooms of hfq/ may import transformers, and the layer of each: a room imports only from its layer and below.
-TRANSFORMERS_ALLOWED = {"config", "integration", "embedded", "evaluation", "quantizer", "publish", "cli", "space"}
+# The rooms of hfq/ that may import transformers (docs/architecture.md lists the same), and the layer of each: a
+# room imports only from its layer and below. embedded, publish and space load models through integration.
+TRANSFORMERS_ALLOWED = {"config", "integration", "evaluation", "quantizer", "cli"}
 LAYER = {
     # 1: the user's config, bit layouts, the architecture registry, atomic writes
     "_version": 1, "_resources": 1, "config": 1, "formats": 1, "architectures": 1, "atomic": 1,
@@ -56,13 +58,50 @@ def _top(module_path: Path) -> str:
 def test_layering(path):
     me = _top(path)
     for mod in _imports(path):
-        if mod.split(".")[0] == "transformers":
-            assert me in TRANSFORMERS_ALLOWED, f"{path.name} imports transformers; only {TRANSFORMERS_ALLOWED} may"
         if mod.startswith("hfq.") and mod != "hfq.__version__":
             other = mod.split(".")[1]
             if other == "__version__":
                 continue
             assert LAYER[other] <= LAYER[me], f"{me} (layer {LAYER[me]}) imports {other} (layer {LAYER[other]})"
+
+
+def _transformers_imports(source: str):
+    """Every import of transformers in source, at module level or inside a function: import statements, and
+    importlib.import_module / __import__ calls with a literal name."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module]
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")):
+            names = [node.args[0].value]
+        else:
+            continue
+        yield from (n for n in names if isinstance(n, str) and n.split(".")[0] == "transformers")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "hfq").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_only_the_declared_rooms_import_transformers(path):
+    found = list(_transformers_imports(path.read_text()))
+    assert not found or _top(path) in TRANSFORMERS_ALLOWED, (
+        f"{path.relative_to(ROOT)} imports {found}; only {sorted(TRANSFORMERS_ALLOWED)} may. Call a function of "
+        "hfq/integration.py instead (load_causal_lm, load_tokenizer, token_streamer).")
+
+
+def test_the_transformers_check_sees_every_form():
+    src = ("import transformers\nfrom transformers.x import y\nimport torch\nfrom . import transformers_like\n"
+           "def f():\n    from transformers import AutoTokenizer\n    importlib.import_module('transformers.z')\n"
+           "    __import__('transformers')\n")
+    assert list(_transformers_imports(src)) == ["transformers", "transformers.x", "transformers",
+                                                "transformers.z", "transformers"]
+    assert _top(ROOT / "hfq" / "space" / "models.py") not in TRANSFORMERS_ALLOWED
+
+
+def test_the_transformers_rooms_are_the_documented_ones():
+    text = " ".join((ROOT / "docs" / "architecture.md").read_text().split())
+    sentence = text.split("Only `config`", 1)[1].split("import transformers", 1)[0]
+    assert set(re.findall(r"`(\w+)`", "`config`" + sentence)) == TRANSFORMERS_ALLOWED, sentence
 
 
 def test_every_room_has_a_layer():

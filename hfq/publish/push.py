@@ -16,9 +16,10 @@ import shlex
 from pathlib import Path
 
 from ..atomic import atomic_dir, write_json, write_text
-from ..checkpoint import NO_REMOTE_CODE, canonicalize_metadata, describe, describe_gguf
+from ..checkpoint import canonicalize_metadata, describe, describe_gguf
 from ..embedded import resolve
 from ..evaluation import chunks as token_chunks, default_text, load as _load, machine, measure, pydoc_halves, size
+from ..integration import load_causal_lm, load_tokenizer
 from . import variants as registry
 from .cards import make_card, make_gguf_card
 from .hub import PushError, upload_folder
@@ -127,15 +128,13 @@ def prepare(base: str, variant_names, out: str | Path, *, repo: str | None = Non
     """Quantize, evaluate and card every variant into out/ (see the module doc). Returns one record per variant:
     {variant, folder, repo_id, result}. Reuses finished variant folders with the same fingerprint.
     decode_tokens: greedy tokens timed for decode speed (0 skips it)."""
-    from transformers import AutoTokenizer
-
     vs = registry.parse(variant_names)
     calibration = calibration or default_calibration()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stem = (repo or Path(str(base)).name).rstrip("/").split("/")[-1]
     src = resolve(str(base))
-    tok = AutoTokenizer.from_pretrained(src, **NO_REMOTE_CODE)
+    tok = load_tokenizer(src)
     source = f"Text from {text_name}" if text_name else "The given text"
     if text is None:
         text, source = default_text()
@@ -256,11 +255,7 @@ def gguf_scorer() -> str:
 
 
 def _load_gguf_weights(gguf_file: Path):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
-                                                dtype=torch.float32, **NO_REMOTE_CODE).eval()
+    return load_causal_lm(gguf_file.parent, gguf_file=gguf_file.name).eval()   # float32
 
 
 def push_variants(base: str, variant_names, repo: str, *, out: str | Path | None = None, text: str | None = None,

@@ -18,6 +18,7 @@ import torch
 
 from ..embedded import EMBEDDED, resolve
 from ..evaluation import _no_extra_buffers, peak_rss_mb, size
+from ..integration import load_causal_lm, load_tokenizer, token_streamer
 
 logger = logging.getLogger(__name__)
 
@@ -109,13 +110,12 @@ def load(s: Spec, n_ctx: int = 1024) -> Loaded:
             llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, logits_all=True, verbose=False)
         return Loaded("gguf", llm, path, size(path))
     import hfq  # noqa: F401  (registers the hfq quantizer with transformers)
-    from transformers import AutoModelForCausalLM
 
     src = resolve(s.source) if s.source in EMBEDDED else s.source
     if not Path(src).exists() and not _HUB_ID.match(src):
         raise FileNotFoundError(f"model {s.source!r} is not a folder, a .gguf file, a Hub id (namespace/name) or "
                                 f"an embedded name ({', '.join(EMBEDDED)}).")
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, trust_remote_code=False).eval()
+    model = load_causal_lm(src).eval()   # float32
     path = Path(src) if Path(src).exists() else Path(model.name_or_path)
     try:
         sz = size(path)
@@ -154,10 +154,8 @@ class Pool:
             if base.kind != "transformers":
                 raise ValueError(f"the base {base.name!r} is a GGUF file; the first model must be a folder, a Hub "
                                  f"id or {', '.join(EMBEDDED)} (its tokenizer is shared by every panel).")
-            from transformers import AutoTokenizer
-
             src = resolve(base.source) if base.source in EMBEDDED else base.source
-            self._tok = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
+            self._tok = load_tokenizer(src)
         return self._tok
 
 
@@ -207,26 +205,23 @@ def _token_ids(loaded: Loaded, tok, ids: torch.Tensor, st: Settings):
             if t in eos:   # yielded, as generate()'s streamer hands it over: both kinds count the same tokens
                 return
         return
-    from transformers.generation.streamers import BaseStreamer
-
     q: list = []
     cond = threading.Condition()
+    first = True
 
-    class _Ids(BaseStreamer):   # hands generate()'s tokens to this thread as they come
-        first = True
+    def put(value):   # hands generate()'s tokens to this thread as they come
+        nonlocal first
+        if first:   # generate() puts the prompt first
+            first = False
+            return
+        with cond:
+            q.extend(int(x) for x in value.reshape(-1))
+            cond.notify()
 
-        def put(self, value):
-            if self.first:   # generate() puts the prompt first
-                self.first = False
-                return
-            with cond:
-                q.extend(int(x) for x in value.reshape(-1))
-                cond.notify()
-
-        def end(self):
-            with cond:
-                q.append(None)
-                cond.notify()
+    def end():
+        with cond:
+            q.append(None)
+            cond.notify()
 
     errors: list[BaseException] = []
     kw = dict(do_sample=False) if st.temperature <= 0 else dict(do_sample=True, temperature=st.temperature,
@@ -236,8 +231,9 @@ def _token_ids(loaded: Loaded, tok, ids: torch.Tensor, st: Settings):
         try:
             torch.manual_seed(st.seed)
             loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=st.max_new_tokens,
-                                  streamer=_Ids(), pad_token_id=tok.pad_token_id if tok.pad_token_id is not None
-                                  else tok.eos_token_id, **kw)
+                                  streamer=token_streamer(put, end),
+                                  pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                                  **kw)
         except BaseException as e:  # noqa: BLE001 (re-raised in the caller's thread)
             errors.append(e)
             with cond:
