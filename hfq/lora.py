@@ -7,7 +7,8 @@ repeated on every config, including the one PeftModel.from_pretrained reads). `e
 `_create_new_module` once: an HfqLinear base layer gets `HfqLoraLinear`, everything else goes to peft's own
 dispatchers unchanged. The quantizer calls it when it loads a model and peft is installed, so `get_peft_model`,
 `PeftModel.from_pretrained` and `model.add_adapter` work with peft's public API. Every peft internal this relies on
-is checked first (`_check_peft`): a peft that changed them stops the load with one error naming its version.
+is checked first (`_check_peft`): a peft that changed them gets one error naming its version (a warning
+at model load, where inference goes on).
 
 peft's parameter counts special-case only bitsandbytes' Params4bit; `enable()` also wraps
 `get_nb_trainable_parameters` so that `print_trainable_parameters` counts packed layers by their logical weights.

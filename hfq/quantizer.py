@@ -169,10 +169,19 @@ def _prepare_layers(model) -> None:
 
 def _enable_peft() -> None:
     """Route peft's LoRA to hfq's layer (hfq/lora.py) when peft is installed, so QLoRA needs no extra call."""
-    if importlib.util.find_spec("peft") is not None:
+    if importlib.util.find_spec("peft") is None:
+        return
+    try:   # a peft whose internals changed must not stop inference: LoRA is what it breaks, so say that once
         from .lora import enable
 
         enable()
+    except RuntimeError as e:
+        if not _peft_warned:
+            logger.warning("%s The model loads and runs; LoRA adapters on its quantized layers will not.", e)
+            _peft_warned.append(True)
+
+
+_peft_warned: list = []
 
 
 def register() -> None:

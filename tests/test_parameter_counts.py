@@ -2,6 +2,8 @@
 give on the float model (and on bitsandbytes' NF4 model), never the packed bytes. The references are computed by
 transformers and peft themselves on the unquantized checkpoint."""
 
+import logging
+
 import pytest
 import torch
 from bitsandbytes.nn import Linear4bit
@@ -110,3 +112,24 @@ def test_a_peft_without_the_hook_stops_with_its_version(monkeypatch):
     monkeypatch.setattr(LoraModel, "_create_new_module", lambda self, lora_config, adapter_name, target: None)
     with pytest.raises(RuntimeError, match="no longer a staticmethod"):
         lora.enable()
+
+
+def test_a_peft_without_the_hook_still_loads_for_inference(monkeypatch, tiny_llama_dir, caplog):
+    import importlib.metadata
+
+    from hfq import quantizer
+
+    monkeypatch.setattr(LoraModel, "_create_new_module", staticmethod(lambda config, target: None))
+    monkeypatch.setattr(quantizer, "_peft_warned", [])
+    float_model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    ids = torch.tensor([[1, 5, 9, 2]])
+    with caplog.at_level(logging.WARNING, logger="hfq.quantizer"):
+        for _ in range(2):
+            model = AutoModelForCausalLM.from_pretrained(
+                tiny_llama_dir, quantization_config=hfq.HfqConfig(method="rtn", bits=8, group_size=32))
+    warned = [r for r in caplog.records if "does not fit" in r.getMessage()]
+    assert len(warned) == 1 and importlib.metadata.version("peft") in warned[0].getMessage()
+    assert "LoRA adapters" in warned[0].getMessage()
+    with torch.no_grad():   # 8-bit RTN stays close to the float model's logits
+        a, b = model(ids).logits, float_model(ids).logits
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
