@@ -53,8 +53,12 @@ class LocalHub:
         self.lfs_threshold = lfs_threshold   # None: every file "regular" (works with xet on); else bigger -> "lfs"
         self.log: list[tuple[str, str]] = []
         # callable(method, path) -> None, True or "drop" (no response), "mid-body" (drop while the body is being
-        # sent), or an HTTP status such as 500 or 429 (with Retry-After): network faults for the push tests
+        # sent), "stall" (read the request, then send nothing for `stall` seconds), "stall-after" (carry the
+        # request out, then withhold the answer as long), or an HTTP status such as 500 or 429 (with Retry-After):
+        # network faults for the push tests
         self.fail = None
+        self.stall = 30.0
+        self.unstall = threading.Event()   # set: stalled handlers give up at once (hub closing)
         self.lock = threading.Lock()
         self.connections: set = set()
         self.server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
@@ -67,6 +71,7 @@ class LocalHub:
         return self
 
     def __exit__(self, *exc):
+        self.unstall.set()
         self.server.shutdown()
         self.server.server_close()
         # huggingface_hub pools HTTP/1.1 connections: close the open ones, or a later LocalHub on the same port
@@ -106,6 +111,8 @@ def _handler(hub: LocalHub):
             return self.rfile.read(n) if n else b""
 
         def _send(self, code: int, body=b"", headers=None, head=False):
+            if getattr(self, "withhold", False):
+                return
             if not isinstance(body, bytes):
                 body = json.dumps(body).encode()
                 headers = {"Content-Type": "application/json", **(headers or {})}
@@ -134,6 +141,7 @@ def _handler(hub: LocalHub):
             url = urlsplit(self.path)
             path = unquote(url.path)
             hub.log.append((method, path))
+            self.withhold = False
             fault = hub.fail(method, path) if hub.fail is not None else None
             if fault == "mid-body":   # the connection drops while the client is still sending the body
                 self.rfile.read(int(self.headers.get("Content-Length") or 0) // 2)
@@ -141,6 +149,10 @@ def _handler(hub: LocalHub):
             body = self._body() if method in ("POST", "PUT") else b""
             if fault is True or fault == "drop":
                 return self._drop()
+            if fault == "stall":   # accepted, then silence past the client's timeout
+                hub.unstall.wait(hub.stall)
+                return self._drop()
+            self.withhold = fault == "stall-after"
             if isinstance(fault, int) and not isinstance(fault, bool):   # an HTTP error status
                 self.close_connection = True
                 return self._send(fault, {"error": f"injected HTTP {fault}"},
@@ -149,14 +161,22 @@ def _handler(hub: LocalHub):
                 for pattern, fn in ROUTES:
                     m = re.fullmatch(pattern, f"{method} {path}")
                     if m:
-                        return fn(self, m, body, parse_qs(url.query))
-            self._send(404, {"error": f"no route {method} {path}"})
+                        fn(self, m, body, parse_qs(url.query))
+                        break
+                else:
+                    self._send(404, {"error": f"no route {method} {path}"})
+            if self.withhold:   # done (a commit made), but the answer never comes: waited for outside the lock
+                hub.unstall.wait(hub.stall)
+                self._drop()
 
         def _drop(self):
             """No response: what a dropped network looks like to the client."""
             self.close_connection = True
-            self.wfile.flush()
-            self.connection.shutdown(2)
+            try:
+                self.wfile.flush()
+                self.connection.shutdown(2)
+            except OSError:   # the client (or the closing hub) has closed it already
+                pass
 
         def do_GET(self):
             self._dispatch("GET")
@@ -350,4 +370,5 @@ def online(hub: LocalHub, monkeypatch, tmp_path, token: str) -> LocalHub:
     hub.log.clear()
     hub.fail = None
     hub.lfs_threshold = None
+    hub.stall = 30.0
     return hub

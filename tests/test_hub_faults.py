@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -96,6 +97,66 @@ def test_fault_mid_upload_fails_clearly_keeps_files_and_retry_succeeds(hub, work
     local = {p: (folder / "tiny-nf4" / p).read_bytes() for p in _snapshot(folder / "tiny-nf4")}
     assert {p: hub.repos[REPO].files[p] for p in local} == local
     assert main(_args(base, text, folder)) == 0 and len(_commits(hub)) == 1   # up to date: no second commit
+
+
+@pytest.mark.parametrize("fault", ["stall", "stall-after"])
+def test_commit_stalled_past_the_timeout_fails_clearly_and_retry_succeeds(hub, work, capsys, monkeypatch, fault):
+    """The Hub accepts the commit, then sends nothing for a minute ("stall": the commit is never made;
+    "stall-after": it is made but never confirmed). huggingface_hub's client has no timeout of its own; hfq's
+    (HFQ_PUSH_TIMEOUT, 2 s here) ends the push with one error line, from the CLI and from push_variants."""
+    from hfq.publish import push_variants
+    from hfq.publish.hub import PushError
+
+    base, text, folder = work
+    monkeypatch.setenv("HFQ_PUSH_TIMEOUT", "2")
+    hub.stall = 60.0
+    before, asked = _snapshot(folder), []
+
+    def stalled(method, path):
+        if method == "POST" and path.startswith(COMMIT):
+            asked.append(time.monotonic())
+            return fault
+        return None
+    hub.fail = stalled
+    assert main(_args(base, text, folder)) == 1
+    waited = time.monotonic() - asked[0]
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hfq: error: pushing {REPO} failed: the Hub did not answer "
+                                                   "within 2 s ("), err
+    assert "Timeout" in lines[0] and "Traceback" not in err
+    assert f"Nothing local was removed: {folder / 'tiny-nf4'} is intact" in lines[0]
+    assert "Resume with: hfq push" in lines[0]
+    assert 2 <= waited < 20, waited   # the client gave up after its timeout, long before the server's 60 s
+    after = _snapshot(folder)
+    assert {k for k in before if after[k] != before[k]} <= {"tiny-nf4/README.md", "results.json"}
+    assert after["tiny-nf4/model.safetensors"] == before["tiny-nf4/model.safetensors"]
+    local = {p: (folder / "tiny-nf4" / p).read_bytes() for p in _snapshot(folder / "tiny-nf4")}
+    if fault == "stall":   # never applied: nothing on the Hub; the Python API fails the same way
+        assert _commits(hub) == []
+        with pytest.raises(PushError, match=r"pushing me/tiny-nf4 failed: the Hub did not answer within 2 s"):
+            push_variants(str(base), ["nf4"], "me/tiny", out=folder, text=TEXT, ctx=64, chunks=2)
+        assert _commits(hub) == [] and _snapshot(folder / "tiny-nf4").keys() == local.keys()
+    else:                  # applied whole: one commit with every file, none partial
+        assert len(_commits(hub)) == 1 and {p: hub.repos[REPO].files[p] for p in local} == local
+    hub.fail = None
+    assert main(_args(base, text, folder)) == 0
+    assert f"{REPO}: " in capsys.readouterr().out
+    final = {p: (folder / "tiny-nf4" / p).read_bytes() for p in _snapshot(folder / "tiny-nf4")}
+    assert len(_commits(hub)) == 1   # stall-after: the retry finds everything there and makes no second commit
+    assert {p: hub.repos[REPO].files[p] for p in final} == final
+    assert _snapshot(folder)["tiny-nf4/model.safetensors"] == before["tiny-nf4/model.safetensors"]
+
+
+def test_bad_push_timeout_is_refused_before_anything_is_made(hub, work, capsys, monkeypatch):
+    base, text, folder = work
+    monkeypatch.setenv("HFQ_PUSH_TIMEOUT", "soon")
+    before = _snapshot(folder)
+    assert main(_args(base, text, folder)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["hfq: error: HFQ_PUSH_TIMEOUT='soon' is not a number of seconds above 0; unset it (300) or set "
+                   "e.g. HFQ_PUSH_TIMEOUT=600."]
+    assert _snapshot(folder) == before and hub.log == []
 
 
 def test_transient_faults_are_retried_without_a_duplicate_commit(hub, work, capsys, monkeypatch):

@@ -41,13 +41,12 @@ def _cmd_export_gguf(args) -> int:
     from ..checkpoint import describe
     from ..embedded import resolve
     from ..gguf.export import export_gguf
-
-    from ..atomic import refuse_existing
+    from ..gguf.split import refuse_existing_set
 
     out = Path(args.out)
     if out.suffix != ".gguf":
         raise ValueError(f"--out {out} must end in .gguf.")
-    refuse_existing(out, args.overwrite)   # before any model loads; export_gguf checks again under its lock
+    refuse_existing_set(out, args.overwrite)   # before any model loads; export_gguf checks again under its lock
     checks.writable_file(args.out, "--out")
     checks.at_least(args.chunks, "--chunks")
     checks.text_file(args.imatrix_text, "--imatrix-text")

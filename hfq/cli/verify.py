@@ -16,14 +16,14 @@ def add_parsers(sub) -> None:
 def verify_path(path: str) -> dict:
     """verify_checkpoint for a folder, check_gguf for a .gguf file; raises ValueError naming what is wrong."""
     p = Path(path)
+    if p.suffix == ".gguf" and not p.is_dir():   # check_gguf first: a killed export may have moved it aside
+        from ..gguf.export import check_gguf
+
+        h = check_gguf(p)
+        return {"path": str(p), "files": h.get("split.count") or 1, "layers": None, "sha256_checked": 0}
     if not p.exists():
         raise ValueError(f"{path} does not exist, so it has no config.json; pass an hfq checkpoint folder or a "
                          ".gguf file.")
-    if p.is_file() and p.suffix == ".gguf":
-        from ..gguf.export import check_gguf
-
-        check_gguf(p)
-        return {"path": str(p), "files": 1, "layers": None, "sha256_checked": 0}
     if not p.is_dir():
         raise ValueError(f"{path} is neither a checkpoint folder nor a .gguf file.")
     from ..checkpoint import check_source

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import gguf
 
+from ..atomic_set import settle
 from .header import ARRAY, FLOAT32, INT32, STRING, UINT32, Header, TYPE_NAMES, read_header
+from .split import shard_set, target_of
 from .vocab import LLAMA_CPP_MODELS, LLAMA_CPP_PRE
 
 # tensors every block of a transformer llama.cpp loads must have (the rest must merely be the same in every block)
@@ -34,26 +36,41 @@ def _bad(path, problem: str) -> ValueError:
 
 def check_gguf(path: str | os.PathLike) -> Header:
     """Read a GGUF file's header strictly and check its layout, key types, vocabulary and hyperparameters;
-    returns the header (hfq.gguf.header.Header)."""
+    returns the header (hfq.gguf.header.Header). For the first shard of a split set, every shard is checked
+    (hfq.gguf.split.shard_set) and the header returned holds the tensors of all of them."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"GGUF file {str(path)!r} does not exist.")
-    size = path.stat().st_size
-    if size == 0:
-        raise ValueError(f"{path} is empty, not a GGUF file; re-export or re-download it.")
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        view = memoryview(m)
-        try:
-            h = read_header(path, view)
-        finally:
-            view.release()
-    _check_layout(path, h, size)
+    settle(target_of(path))   # an export killed while it moved files in: finish or undo it first
+    shards = shard_set(path, _read(path), _read)
+    for p, sh in shards:
+        _check_layout(p, sh, p.stat().st_size)
+    h = shards[0][1]
+    if len(shards) > 1:
+        h = Header(h.version, h.kv, [t for _, sh in shards for t in sh.tensors], h.alignment, h.data_start)
+        seen: dict[str, Path] = {}
+        for p, sh in shards:
+            for t in sh.tensors:
+                if t.name in seen:
+                    raise _bad(p, f"tensor {t.name} is also in {seen[t.name].name}")
+                seen[t.name] = p
     _check_types(path, h)
     _check_names(path, h)
     tensors = {t.name: t for t in h.tensors}
     n_vocab = _check_hparams(path, h, tensors)
     _check_vocab(path, h, n_vocab)
     return h
+
+
+def _read(path: Path) -> Header:
+    if not path.is_file():
+        raise ValueError(f"GGUF file {str(path)!r} does not exist.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty, not a GGUF file; re-export or re-download it.")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        view = memoryview(m)
+        try:
+            return read_header(path, view)
+        finally:
+            view.release()
 
 
 def _check_layout(path: Path, h: Header, size: int) -> None:

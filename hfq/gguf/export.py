@@ -26,7 +26,8 @@ import torch
 
 from ..algorithms.ggml_quant import quantize_rows
 from ..architectures import architecture
-from ..atomic import locked, place, recover, refuse_existing, temp_name
+from ..atomic import locked, recover, temp_name
+from ..atomic_set import publish_set, recover_set
 from ..formats.bitpack import unpack_bits
 from ..formats.ggml_layout import PACK
 from ..formats.ggml_types import FILE_TYPES, ggml_type
@@ -35,6 +36,7 @@ from . import mixes
 from .check import check_gguf  # noqa: F401  (hfq.gguf.export.check_gguf is imported from here)
 from .metadata import add_hparams, gguf_arch
 from .names import tensor_name_map
+from .split import Writer, members, refuse_existing_set, stamp_export_id
 from .vocab import add_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -243,16 +245,19 @@ def export_gguf(model, tokenizer, path: str | os.PathLike, quant_type: str | Non
     method="gguf", the closest type for other hfq methods, F16 for a float model.
     importance: {module name: mean squared input per column} for float weights (llama.cpp's imatrix).
     split_max_size: split into gguf-split shards (name-00001-of-0000N.gguf) of at most this many bytes.
-    overwrite=False refuses an existing file (checked again just before each file is moved into place)."""
+    overwrite=False refuses an existing file or shard set (checked again as the files are moved into place); with
+    overwrite, every file of the previous export to `path` (NAME.gguf and any NAME-*-of-*.gguf) is replaced as
+    one set (hfq.atomic_set): a kill leaves the old set or the new one, never a mix."""
     path = Path(path)
     if path.suffix != ".gguf":
         raise ValueError(f"path={str(path)!r} must end in .gguf.")
     file_type = file_type_for(model, quant_type)
     plan = _Plan(model, file_type, importance)
     ftype_id = FLOAT_TYPES.get(file_type, FILE_TYPES.get(file_type, (None,))[0])
-    with locked(path):   # one writer per file; temporaries of killed runs go first
+    with locked(path):   # one writer per file; a killed run's journal, then its temporaries, go first
+        recover_set(path)
         recover(path)
-        refuse_existing(path, overwrite, "path")
+        refuse_existing_set(path, overwrite, "path")
         return _write(model, tokenizer, path, plan, file_type, ftype_id, name, split_max_size, progress, overwrite)
 
 
@@ -261,7 +266,7 @@ def _write(model, tokenizer, path: Path, plan, file_type, ftype_id, name, split_
     tmp = temp_name(path)
     tmp.mkdir()
     try:
-        w = gguf.GGUFWriter(tmp / path.name, gguf.MODEL_ARCH_NAMES[plan.arch],
+        w = Writer(tmp / path.name, gguf.MODEL_ARCH_NAMES[plan.arch],
                             split_max_size=_size_bytes(split_max_size))
         w.add_type(gguf.GGUFType.MODEL)
         w.add_name(name or str(getattr(model.config, "_name_or_path", "") or path.stem).rstrip("/").split("/")[-1])
@@ -274,10 +279,9 @@ def _write(model, tokenizer, path: Path, plan, file_type, ftype_id, name, split_
         w.write_kv_data_to_file()
         w.write_tensors_to_file(progress=progress)
         w.close()
-        written = sorted(tmp.iterdir())
-        for f in written:
-            refuse_existing(path.parent / f.name, overwrite, "path")
-        out = [place(f, path.parent / f.name, overwrite) for f in written]
+        stamp_export_id(sorted(tmp.iterdir()))
+        refuse_existing_set(path, overwrite, "path")   # again: something may have appeared meanwhile
+        out = publish_set(path, tmp, members(path) if overwrite else [], overwrite)
         logger.info("wrote %s (%s)", ", ".join(str(p) for p in out), file_type)
         return out
     finally:

@@ -3,12 +3,19 @@
 The token comes only from huggingface_hub itself (HF_TOKEN or `hf auth login`); hfq never takes, stores or logs
 one. Unchanged files are recognised by content: the remote's LFS sha256, or its git blob id for small files.
 Nothing to send means no commit. A network or HTTP failure raises PushError; the local folder is untouched, so
-running the same push again uploads only what is still missing."""
+running the same push again uploads only what is still missing.
+
+huggingface_hub's shared HTTP client has no timeout (2.x: `timeout=None`; HF_HUB_DOWNLOAD_TIMEOUT and
+HF_HUB_ETAG_TIMEOUT cover downloads only), so a Hub that accepts a commit and never answers would hang the push
+forever. For the push, the client waits at most HFQ_PUSH_TIMEOUT seconds (default 300) for each connect, send and
+answer."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +63,36 @@ def _same(remote, path: Path) -> bool:
     return remote.blob_id == git_blob_id(path)
 
 
+def push_timeout() -> float:
+    raw = os.environ.get("HFQ_PUSH_TIMEOUT", "").strip() or "300"
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"HFQ_PUSH_TIMEOUT={raw!r} is not a number of seconds above 0; unset it (300) or set e.g. "
+                         "HFQ_PUSH_TIMEOUT=600.")
+    return value
+
+
+@contextmanager
+def _timeout(seconds: float):
+    """The shared huggingface_hub client waits at most `seconds` per network step while the block runs."""
+    from huggingface_hub.utils import get_session
+
+    session = get_session()
+    before = session.timeout
+    session.timeout = seconds
+    try:
+        yield
+    finally:
+        session.timeout = before
+
+
+def _timed_out(e: BaseException) -> bool:
+    return isinstance(e, TimeoutError) or any("Timeout" in c.__name__ for c in type(e).__mro__)
+
+
 def _api():
     from huggingface_hub import HfApi
 
@@ -83,22 +120,27 @@ def upload_folder(folder: Path, repo_id: str, *, private: bool = False, message:
     repo_type "space" needs space_sdk ("gradio")."""
     from huggingface_hub import CommitOperationAdd
 
-    api = _api()
+    api, seconds = _api(), push_timeout()
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, space_sdk=space_sdk)
-        plan = plan_upload(repo_id, folder, api, repo_type)
-        if not plan.upload:
-            logger.info("hfq: %s is up to date (%d files); no commit", repo_id, len(plan.unchanged))
-            return None
-        files = local_files(folder)
-        logger.info("hfq: %s: uploading %d file(s), %d unchanged", repo_id, len(plan.upload), len(plan.unchanged))
-        ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(files[p])) for p in plan.upload]
-        info = api.create_commit(repo_id, operations=ops, commit_message=message, repo_type=repo_type)
-        return info.commit_url
+        with _timeout(seconds):
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, space_sdk=space_sdk)
+            plan = plan_upload(repo_id, folder, api, repo_type)
+            if not plan.upload:
+                logger.info("hfq: %s is up to date (%d files); no commit", repo_id, len(plan.unchanged))
+                return None
+            files = local_files(folder)
+            logger.info("hfq: %s: uploading %d file(s), %d unchanged", repo_id, len(plan.upload),
+                        len(plan.unchanged))
+            ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(files[p])) for p in plan.upload]
+            info = api.create_commit(repo_id, operations=ops, commit_message=message, repo_type=repo_type)
+            return info.commit_url
     except (TypeError, AttributeError, NameError, KeyError, PushError):
         raise  # bugs, not the network
     except Exception as e:  # noqa: BLE001 (httpx/httpx2, HfHubHTTPError, auth and OS errors end the same way)
-        raise PushError(f"pushing {repo_id} failed: {_describe(e)}. Nothing local was removed: {folder} is "
+        why = (f"the Hub did not answer within {seconds:g} s ({_describe(e)}; HFQ_PUSH_TIMEOUT sets the wait), so "
+               "the commit may or may not have been made; running the same push again checks what the Hub has"
+               if _timed_out(e) else _describe(e))
+        raise PushError(f"pushing {repo_id} failed: {why}. Nothing local was removed: {folder} is "
                         f"intact. {resume_hint}".strip()) from e
 
 

@@ -22,7 +22,7 @@ from ..evaluation import chunks as token_chunks, default_text, load as _load, ma
 from ..integration import load_causal_lm, load_tokenizer
 from . import variants as registry
 from .cards import make_card, make_gguf_card
-from .hub import PushError, upload_folder
+from .hub import PushError, push_timeout, upload_folder
 
 logger = logging.getLogger(__name__)
 
@@ -267,6 +267,8 @@ def push_variants(base: str, variant_names, repo: str, *, out: str | Path | None
     "commit_url" (None when nothing changed or dry_run). On a failure raises PushError naming what to rerun."""
     if not repo or repo.count("/") > 1 or any(c.isspace() for c in repo):
         raise ValueError(f"repo={repo!r} must be 'name' or 'namespace/name'.")
+    if not dry_run:
+        push_timeout()   # a bad HFQ_PUSH_TIMEOUT fails before any variant is made
     out = Path(out) if out else Path(f"hfq-push-{repo.replace('/', '--')}")
     records = prepare(base, variant_names, out, repo=repo, text=text, ctx=ctx, chunks=chunks, command=command,
                       decode_tokens=decode_tokens, text_name=text_name)
