@@ -10,10 +10,12 @@ Rounds are interleaved (every row once per round), so noise from the other core 
 over rounds is reported.
 Prefill (512 x 4096 x 4096): hfq against torch's matmul in bfloat16 and float32.
 GGML types also run with the opt-in int8 activations (rows "Q4_K int8-act" ...) on AVX-512.
-ggml: with --ggml-bench PATH (test-backend-ops, built from the llama-cpp-python sdist: see README), its MUL_MAT
-perf for the same types, shape and thread count runs as a subprocess and is parsed.
+ggml: with --ggml-src (benchmarks/ggml_mul_mat.cpp, built against ggml from the llama-cpp-python sdist's llama.cpp
+tree), rows "ggml TYPE" run ggml's own matmul on every GGML type at the same shape and thread count, streamed and
+cached, in processes whose rounds interleave with hfq's; "x ggml" = ggml's time / hfq's (cached), "x ggml s" the
+same streamed. --ggml-bench PATH parses test-backend-ops' MUL_MAT perf instead (cached; Q4_K only at 4096x4096).
 
-    python benchmarks/kernels.py [--threads 1 2] [--shape 4096 4096] [--rounds 7] [--ggml-bench PATH] [--json F]
+    python benchmarks/kernels.py [--threads 1 2] [--shape 4096 4096] [--rounds 7] [--ggml-src [DIR]] [--json F]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import _ggml_bench
 import hfq  # noqa: F401  (registers the ops)
 from hfq.algorithms import quantize_layer_weight
 from hfq.algorithms.ggml_quant import quantize_rows
@@ -71,7 +74,8 @@ def formats(w: torch.Tensor) -> dict:
         out[name] = (nbytes, lambda n, t=tensors, c=call: [(lambda x, tt={k: v.clone() for k, v in t.items()}: c(x, tt))
                                                           for _ in range(n)])
 
-    for bits, g, sym in [(4, 128, True), (4, 128, False), (4, 32, True), (8, 128, True), (3, 128, True), (2, 64, False)]:
+    for bits, g, sym in [(4, 128, True), (4, 128, False), (4, 32, True), (8, 128, True), (3, 128, True), (2, 64, False),
+                         (5, 128, True), (6, 128, True), (7, 128, True)]:
         t = quantize_layer_weight(w, "int", bits, g, sym, False)
         add(f"int{bits} g{g}{'' if sym else ' asym'}", t,
             lambda x, tt, b=bits: ops.linear_int(x, tt["weight"], tt["scales"], tt.get("zeros"), b, None))
@@ -129,15 +133,22 @@ def gemv(rows: dict, K: int, rounds: int, stream_bytes: int, group: int = 6) -> 
             calls = {n: rows[n][1](max(1, -(-stream_bytes // rows[n][0])) if mode == "streamed" else 1)
                      for n in names}
             for fs in calls.values():
-                fs[0](x)
+                if not isinstance(fs[0], _ggml_bench.Proc):
+                    fs[0](x)
             times = {n: [] for n in names}
             for _ in range(rounds):
                 for n, fs in calls.items():
+                    if isinstance(fs[0], _ggml_bench.Proc):   # ggml times its own ops, in its own process
+                        times[n].append(fs[0].measure(mode == "streamed", fs[0].copies if mode == "streamed" else 20))
+                        continue
                     reps = len(fs) if mode == "streamed" else 20
                     t0 = time.perf_counter()
                     for i in range(reps):
                         fs[i % len(fs)](x)
                     times[n].append((time.perf_counter() - t0) / reps)
+            for fs in calls.values():
+                if isinstance(fs[0], _ggml_bench.Proc):
+                    fs[0].close()
             for n, v in times.items():   # baselines appear in every group: keep their best median
                 m = statistics.median(v)
                 res[mode][n] = min(m, res[mode].get(n, m))
@@ -190,7 +201,11 @@ def main() -> None:
     ap.add_argument("--shape", type=int, nargs=2, default=[4096, 4096], metavar=("OUT", "IN"))
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--prefill-rows", type=int, default=512)
-    ap.add_argument("--ggml-bench", help="path to ggml's test-backend-ops")
+    ap.add_argument("--ggml-bench", help="path to ggml's test-backend-ops (its perf list: Q4_K at 4096x4096, the "
+                    "other types only at k=14336)")
+    ap.add_argument("--ggml-src", nargs="?", const="auto", help="llama.cpp tree to build ggml's matmul tool from "
+                    "(benchmarks/ggml_mul_mat.cpp): rows 'ggml TYPE' for every GGML type at this shape, streamed and "
+                    "cached, interleaved with hfq's; no value: the tree .ci/llama_tools.sh unpacked")
     ap.add_argument("--json")
     args = ap.parse_args()
     assert build.load("cpu"), f"native kernels unavailable: {build.status()}"
@@ -199,28 +214,40 @@ def main() -> None:
     rows = {**baselines(w), **formats(w)}
     stream = int(1.25 * l3_bytes())   # each row's copies exceed the L3 cache
     report = {"shape": [N, K], "isa": build.cpu_isa(), "l3_bytes": l3_bytes(), "cpu": torch.backends.cpu.get_cpu_capability()}
+    exe = None
+    if args.ggml_src:
+        src = _ggml_bench.default_src() if args.ggml_src == "auto" else Path(args.ggml_src)
+        if src is None:
+            raise SystemExit("--ggml-src: no llama.cpp tree in ~/.cache/hfq; run bash .ci/llama_tools.sh or pass one")
+        exe = _ggml_bench.build(src, print)
     for th in args.threads:
         torch.set_num_threads(th)
         bw = read_bandwidth(th)
-        g = gemv(rows, K, args.rounds, stream)
+        ggml_rows = _ggml_bench.rows(exe, N, K, th, {t: rows[t][0] for t in GGML_TYPES}) if exe else {}
+        g = gemv({**rows, **ggml_rows}, K, args.rounds, stream)
         ggml_threads = max(1, (os.cpu_count() or 2) // 2)
         gg = ggml_mul_mat(args.ggml_bench, N, K) if args.ggml_bench and th == ggml_threads else {}
         fp32 = g["streamed"]["torch fp32"]
         i4 = g["streamed"].get("torch int4pack bf16")
         print(f"\n== GEMV 1x{K}x{N}, {th} thread(s), hfq ISA {build.cpu_isa()}, read bandwidth {bw:.1f} GB/s ==")
         print(f"{'row':22} {'streamed ms':>11} {'x fp32':>7} {'x int4pk':>8} {'GB/s':>6} {'% bw':>5} "
-              f"{'cached ms':>9} {'ggml ms':>8} {'x ggml':>6}")
+              f"{'cached ms':>9} {'ggml ms':>8} {'x ggml':>6} {'x ggml s':>7}")
         table = {}
-        for n, (nbytes, _) in rows.items():
+        for n, (nbytes, _) in {**rows, **ggml_rows}.items():
             ts, tc = g["streamed"][n], g["cached"][n]
             gb = nbytes / ts / 1e9
-            key = n.split()[0].upper() if n.split()[0].upper() in gg else None
-            tg = gg.get(key) if key else None
+            own = f"ggml {n.split()[0]}"   # ggml's own row for this GGML type, from --ggml-src
+            if own in g["cached"] and not n.startswith("ggml"):
+                tg, tgs = g["cached"][own], g["streamed"][own]
+            else:
+                key = n.split()[0].upper()
+                tg, tgs = (gg.get(key), None) if key in gg and not n.startswith("ggml") else (None, None)
             table[n] = {"streamed_s": ts, "cached_s": tc, "x_fp32": fp32 / ts, "x_int4pack": (i4 / ts) if i4 else None,
-                        "gbps": gb, "pct_bw": 100 * gb / bw, "ggml_s": tg, "x_ggml": (tg / tc) if tg else None}
+                        "gbps": gb, "pct_bw": 100 * gb / bw, "ggml_s": tg, "x_ggml": (tg / tc) if tg else None,
+                        "ggml_streamed_s": tgs, "x_ggml_streamed": (tgs / ts) if tgs else None}
             print(f"{n:22} {ts*1e3:11.3f} {fp32/ts:7.2f} {(i4/ts if i4 else float('nan')):8.2f} {gb:6.1f} "
                   f"{100*gb/bw:5.0f} {tc*1e3:9.3f} {(tg*1e3 if tg else float('nan')):8.3f} "
-                  f"{(tg/tc if tg else float('nan')):6.2f}")
+                  f"{(tg/tc if tg else float('nan')):6.2f} {(tgs/ts if tgs else float('nan')):7.2f}")
         p = prefill(w, args.prefill_rows, max(3, args.rounds // 2))
         print(f"\n== prefill {args.prefill_rows}x{K}x{N}, {th} thread(s) ==")
         for dt, rr in p.items():
