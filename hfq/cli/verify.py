@@ -19,8 +19,14 @@ def verify_path(path: str) -> dict:
     if p.suffix == ".gguf" and not p.is_dir():   # check_gguf first: a killed export may have moved it aside
         from ..gguf.export import check_gguf
 
+        from ..gguf.split import SHARD, check_export_id, shard_names
+
         h = check_gguf(p)
-        return {"path": str(p), "files": h.get("split.count") or 1, "layers": None, "sha256_checked": 0}
+        count = h.get("split.count") or 1
+        files = [p] if count == 1 else [p.with_name(n) for n in shard_names(SHARD.fullmatch(p.name).group(1), count)]
+        export_id = check_export_id(files)   # hfq's own exports: a checksum of every byte
+        return {"path": str(p), "files": count, "layers": None, "sha256_checked": len(files) if export_id else 0,
+                "export_id": export_id}
     if not p.exists():
         raise ValueError(f"{path} does not exist, so it has no config.json; pass an hfq checkpoint folder or a "
                          ".gguf file.")
@@ -42,6 +48,10 @@ def _cmd_verify(args) -> int:
     report = verify_path(args.path)
     if args.json:
         print(json.dumps(report, indent=2))
+    elif "export_id" in report:
+        what = (f"hfq.export_id {report['export_id']} matched every byte" if report["export_id"] else
+                "not an hfq export, so no checksum to match")
+        print(f"{report['path']}: OK ({report['files']} file(s), header and tensors checked, {what})")
     else:
         print(f"{report['path']}: OK ({report['files']} weight file(s), {report['layers'] or 0} quantized layers "
               f"checked, {report['sha256_checked']} sha256 from README.md matched)")

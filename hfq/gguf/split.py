@@ -87,6 +87,37 @@ def stamp_export_id(files: list[Path]) -> str:
     return export_id
 
 
+def check_export_id(files: list[Path]) -> str | None:
+    """The export id of an hfq export, after checking that it still is the sha256 of the files' bytes (the id's
+    own bytes read as the placeholder), so that any changed byte is found; None for a GGUF that hfq did not write.
+    Raises one ValueError naming the files."""
+    h, ids = hashlib.sha256(), set()
+    for f in files:
+        with open(f, "rb") as fh:
+            fh.seek(_KV_START)
+            if fh.read(len(_STAMP)) != _STAMP:
+                if f == files[0]:
+                    return None
+                raise ValueError(f"{f} has no {EXPORT_ID} though {files[0]} has one: shards of different exports "
+                                 f"were mixed; {_fix(target_of(files[0]))}.")
+            ids.add(fh.read(_ID_LEN))
+            fh.seek(0)
+            done = 0
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                a, b = _KV_START + len(_STAMP) - done, _KV_START + len(_STAMP) + _ID_LEN - done
+                if a < len(chunk) and b > 0:   # the id's bytes hash as the placeholder they were when hashed
+                    lo, hi = max(a, 0), min(b, len(chunk))
+                    chunk = chunk[:lo] + _PLACEHOLDER.encode()[lo - a:hi - a] + chunk[hi:]
+                h.update(chunk)
+                done += len(chunk)
+    stored = ids.pop().decode("ascii", "replace") if len(ids) == 1 else None
+    if stored is None or h.hexdigest()[:_ID_LEN] != stored:
+        names = ", ".join(str(f) for f in files)
+        raise ValueError(f"{names}: the bytes no longer match their {EXPORT_ID} (the sha256 hfq wrote at export): "
+                         "the file was changed or damaged after export; export it again or restore a good copy.")
+    return stored
+
+
 def _fix(target: Path) -> str:
     return (f"re-export to {target} (with --overwrite), or copy every shard of one export, and nothing else, "
             "next to each other")

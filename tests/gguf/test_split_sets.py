@@ -197,3 +197,59 @@ def test_concurrent_exports_to_one_target_leave_one_whole_set(refs, tmp_path):
     assert files in [out[kind] for kind, _, rc in results if rc == 0], sorted(files)
     assert _hidden(dest.parent) == []
     check_gguf(dest.with_name(_first(files)))
+
+
+def _id_hash(files: list[Path]) -> str:
+    """sha256 of the files with their hfq.export_id value read as 32 '0's, written here from the format: the id
+    is the first key-value, right after the 24-byte header, as u64 key length, key, u32 type 8, u64 length, value."""
+    h, key = hashlib.sha256(), b"hfq.export_id"
+    at = 24 + 8 + len(key) + 4 + 8
+    for f in files:
+        b = bytearray(f.read_bytes())
+        assert bytes(b[24 + 8:24 + 8 + len(key)]) == key
+        b[at:at + 32] = b"0" * 32
+        h.update(b)
+    return h.hexdigest()[:32]
+
+
+@pytest.mark.parametrize("kind", ["single", "old"])
+def test_verify_matches_the_export_id_against_every_byte(refs, tmp_path, kind, capsys):
+    src, root, out = refs
+    d = _copy(root, kind, tmp_path / kind)
+    files = [d / n for n in sorted(out[kind])]
+    first = files[0]
+    stored = gguf.GGUFReader(first).fields["hfq.export_id"].contents()
+    assert _id_hash(files) == stored   # the id is what the format says it is
+    assert verify_path(str(first))["export_id"] == stored
+    assert main(["verify", str(first)]) == 0 and f"hfq.export_id {stored} matched" in capsys.readouterr().out
+    last = files[-1]   # one flipped bit in the last tensor's data: still a valid GGUF, caught by the checksum
+    b = bytearray(last.read_bytes())
+    b[-3] ^= 0x10
+    last.write_bytes(b)
+    check_gguf(first)   # the header checks cannot see it
+    assert main(["verify", str(first)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no longer match their hfq.export_id" in err[0] and str(last) in err[0]
+
+
+def test_verify_of_a_gguf_hfq_did_not_write_says_so(refs, tmp_path, capsys):
+    src, root, out = refs
+    r = gguf.GGUFReader(root / "single" / "m.gguf")
+    w = gguf.GGUFWriter(tmp_path / "plain.gguf", "llama")   # the same tensors, written by gguf-py without the id
+    for f in r.fields.values():
+        if f.name.startswith("GGUF.") or f.name in ("hfq.export_id", "general.architecture"):
+            continue
+        t = f.types[0]
+        if t == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(f.name, f.contents(), t, sub_type=f.types[-1])
+        else:
+            w.add_key_value(f.name, f.contents(), t)
+    for t in r.tensors:
+        w.add_tensor(t.name, t.data, raw_shape=list(t.data.shape), raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert verify_path(str(tmp_path / "plain.gguf"))["export_id"] is None
+    assert main(["verify", str(tmp_path / "plain.gguf")]) == 0
+    assert "not an hfq export" in capsys.readouterr().out
