@@ -125,7 +125,11 @@ def gemv(rows: dict, K: int, rounds: int, stream_bytes: int, group: int = 6) -> 
     groups of `group` formats plus the baselines, so memory stays bounded; each group interleaves its rows."""
     x = torch.randn(1, K)
     base = [n for n in rows if n.startswith("torch")]
-    rest = [n for n in rows if not n.startswith("torch")]
+    rest = []   # a GGML type's rows (hfq int16, hfq int8-act, ggml) side by side, so one group times them together
+    for n in rows:
+        if not n.startswith("torch") and n not in rest:
+            t = n.removeprefix("ggml ").split()[0]
+            rest += [m for m in rows if m == n or (t in GGML_TYPES and m.removeprefix("ggml ").split()[0] == t)]
     res = {"streamed": {}, "cached": {}}
     for mode in ("streamed", "cached"):
         groups = [base + rest[i:i + group] for i in range(0, len(rest), group)] if mode == "streamed" else [list(rows)]
