@@ -132,6 +132,8 @@ def gptqmodel_awq(path, fmt, data, tok):
     m.awq_preserve_explicit_position_embeddings = True
     m.quantize([{"input_ids": w.reshape(1, -1), "attention_mask": torch.ones_like(w).reshape(1, -1)} for w in cw],
                batch_size=1)
+    # Known gap (2026-12-03): scoring this model fails with "Cannot copy out of meta tensor; no data!", since
+    # gptqmodel offloads quantized layers to disk by default; save and reload it, or offload_to_disk=False (untried)
     return m.model
 
 
