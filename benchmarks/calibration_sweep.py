@@ -4,11 +4,14 @@ Each row quantizes with one setting on one calibration set and scores on two hel
 CPython's pydoc topics, and English prose written for hfq (benchmarks/data/prose_eval.txt). Calibration sets:
 1, 2, 5, 16, 64 windows of 512 tokens from the pydoc first half, the prose calibration file as a list of short
 paragraphs (the `GPTQConfig(dataset=[...])` case), and the pydoc first half as a list of paragraphs of the same
-size. Settings: hfq's defaults ("auto"), fixed dampening 0.01 / 0.1 with or without GAR, and gptqmodel's
-defaults through transformers' GPTQConfig on the same token windows (--gptqmodel).
+size. Settings: hfq's defaults ("auto"), fixed dampening 0.01 / 0.1 with or without GAR, AWQ and its
+diagnosis variants, gptqmodel's defaults through transformers' GPTQConfig on the same token windows
+(--gptqmodel), and gptqmodel's own AWQ (--gptqmodel-awq; on Gemma 3 its scale fold changes the float model, see
+benchmarks/gptqmodel_awq_gemma3_fold.py).
 
     python benchmarks/calibration_sweep.py [--budgets 1 2 5 16 64 para-prose para-pydoc] [--formats int4 Q3_K_M]
-        [--settings auto d01 d10 d10-gar awq] [--gptqmodel] [--json out.json]
+        [--settings auto d01 d10 d10-gar awq awq-noclip awq-alltok awq-nopost awq-rawattn]
+        [--gptqmodel] [--gptqmodel-awq] [--threads N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -38,14 +41,33 @@ SETTINGS = {   # name: HfqConfig keywords on top of the format's (None = the fie
     "d25-gar": dict(damp_percent=0.25, act_group_aware=True),
     "awq": dict(method="awq"),
     "awq-noclip": dict(method="awq"),   # diagnosis: AWQ's scale search alone, no clipping search
+    "awq-alltok": dict(method="awq"),   # diagnosis: the scale search on every calibration token (default: 4,096)
+    "awq-nopost": dict(method="awq"),   # diagnosis: Gemma 3's scale loss on the raw sub-module output, as AutoAWQ
+    "awq-rawattn": dict(method="awq"),  # diagnosis: raw output for the attention groups only, normed for the MLP's
 }
+AWQ_VARIANTS = {"awq-noclip": dict(clip=False), "awq-alltok": dict(max_tokens=1 << 30)}
 FORMATS = {"int4": dict(bits=4, group_size=128, sym=True), "int3": dict(bits=3, group_size=128, sym=True),
            "Q3_K_M": dict(quant_type="Q3_K_M")}
 
 
 import hfq.algorithms.awq as _awq
 
-AWQ_BLOCK = _awq.awq_block   # hfq.algorithms.calibrated imports it at call time, so a partial can replace it
+# hfq.algorithms.calibrated imports awq_block at call time and awq_block looks scale_groups up at call time, so
+# the diagnosis variants replace them for one row
+AWQ_BLOCK, SCALE_GROUPS = _awq.awq_block, _awq.scale_groups
+
+
+def _groups_without_post_norm(mlp_too: bool):
+    def groups(block, arch):
+        return [(prev, layers, inspect, post if inspect.startswith("mlp") and not mlp_too else None)
+                for prev, layers, inspect, post in SCALE_GROUPS(block, arch)]
+    return groups
+
+
+def awq_variant(setting: str) -> None:
+    _awq.awq_block = functools.partial(AWQ_BLOCK, **AWQ_VARIANTS.get(setting, {}))
+    raw = {"awq-nopost": True, "awq-rawattn": False}
+    _awq.scale_groups = _groups_without_post_norm(raw[setting]) if setting in raw else SCALE_GROUPS
 
 
 def paragraphs(text: str, tok, budget: int) -> list[str]:
@@ -86,6 +108,35 @@ def gptqmodel_config(fmt, data, tok):
                       dataset=[{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in cw])
 
 
+def gptqmodel_awq(path, fmt, data, tok):
+    """gptqmodel's own AWQ with its defaults (GPTQModel.load + quantize) on the windows hfq draws from `data`;
+    returns the quantized transformers model. transformers' AwqConfig only loads AWQ checkpoints. bfloat16, its
+    CPU default: its CPU AWQ layer packs only float16/bfloat16 (float32 fails in pack_module with
+    NotImplementedError: AwqTorchLinear only supports `[torch.float16, torch.bfloat16]`)."""
+    import gptqmodel
+    from gptqmodel import GPTQModel, QuantizeConfig
+    from gptqmodel.utils.threadx import DeviceThreadPool
+
+    from hfq.algorithms.calibration import calibration_windows, dataset_texts
+
+    # gptqmodel 7.7's default pool wants 2 "model_loader:cpu" workers, more than the CPU pool it gives 2 cores
+    # (ValueError: Virtual pool 'model_loader:cpu' requests 2 workers but parent 'cpu' only has 1); one each
+    gptqmodel._build_device_thread_pool = lambda: DeviceThreadPool(
+        inference_mode=True, workers={"cpu": 1, "model_loader:cpu": 1}, empty_cache_every_n=512)
+    items, _ = dataset_texts(data["dataset"])
+    cw = calibration_windows(items, data.get("n_samples"), data.get("seq_len"), 0, tok)
+    qc = QuantizeConfig(bits=fmt["bits"], group_size=fmt["group_size"], sym=True, quant_method="awq", format="gemm")
+    m = GPTQModel.load(str(path), qc, device="cpu", dtype=torch.bfloat16)
+    # Its scale search recomputes rotary embeddings without Gemma 3's layer_type (TypeError:
+    # Gemma3RotaryEmbedding.forward() missing 1 required positional argument: 'layer_type'): use the captured ones
+    m.awq_preserve_explicit_position_embeddings = True
+    m.quantize([{"input_ids": w.reshape(1, -1), "attention_mask": torch.ones_like(w).reshape(1, -1)} for w in cw],
+               batch_size=1)
+    # Known gap (2026-12-03): scoring this model fails with "Cannot copy out of meta tensor; no data!", since
+    # gptqmodel offloads quantized layers to disk by default; save and reload it, or offload_to_disk=False (untried)
+    return m.model
+
+
 def print_table(files: list[str]) -> None:
     """One markdown table of --json results; 'cut' is the share of RTN's perplexity increase over float removed
     (RTN of the same format, from any of the files)."""
@@ -111,6 +162,7 @@ def main() -> None:
     ap.add_argument("--formats", nargs="*", default=["int4", "Q3_K_M"])
     ap.add_argument("--settings", nargs="*", default=["auto", "d01", "d10", "d10-gar", "awq"])
     ap.add_argument("--gptqmodel", action="store_true", help="add gptqmodel's defaults (int formats only)")
+    ap.add_argument("--gptqmodel-awq", action="store_true", help="add gptqmodel's own AWQ (int formats only)")
     ap.add_argument("--eval-chunks", type=int, default=4)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json")
@@ -138,17 +190,22 @@ def main() -> None:
         runs = [(s, SETTINGS[s]) for s in args.settings if s != "rtn"]
         if args.gptqmodel and "bits" in fmt:
             runs.append(("gptqmodel", None))
+        if args.gptqmodel_awq and "bits" in fmt:
+            runs.append(("gptqmodel-awq", None))
         todo = [(c, d, s, e) for c, d in sets.items() for s, e in runs
                 if not (fmt_name.startswith("Q") and "gar" in s)]   # GAR cannot reorder GGUF blocks
         if "rtn" in args.settings:   # the baseline GPTQ/AWQ improve on: calibration-free, one row per format
             todo.insert(0, ("-", {}, "rtn", {"method": "rtn" if "bits" in fmt else "gguf"}))
         for cal_name, data, s_name, extra in todo:
-            _awq.awq_block = functools.partial(AWQ_BLOCK, clip=s_name != "awq-noclip")
+            awq_variant(s_name)
             t0 = time.perf_counter()
-            qc = (gptqmodel_config(fmt, data, tok) if extra is None else
-                  hfq.HfqConfig(**{"method": "gptq", **fmt, **data, **extra}))
-            m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map="cpu",
-                                                     quantization_config=qc)
+            if s_name == "gptqmodel-awq":
+                m = gptqmodel_awq(path, fmt, data, tok)
+            else:
+                qc = (gptqmodel_config(fmt, data, tok) if extra is None else
+                      hfq.HfqConfig(**{"method": "gptq", **fmt, **data, **extra}))
+                m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map="cpu",
+                                                         quantization_config=qc)
             dt = time.perf_counter() - t0
             r = {k: score(m, w, base=base, progress=False) for k, w in evals.items()}
             row = dict(format=fmt_name, calibration=cal_name, setting=s_name, seconds=round(dt, 1),
