@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMERS_ALLOWED = {"config", "integration", "evaluation", "quantizer", "cli"}
 LAYER = {
     # 1: the user's config, bit layouts, the architecture registry, atomic writes
-    "_version": 1, "_resources": 1, "config": 1, "formats": 1, "architectures": 1, "atomic": 1,
+    "_version": 1, "_resources": 1, "config": 1, "formats": 1, "architectures": 1, "atomic": 1, "atomic_set": 1,
     "kernels": 2,                                   # torch.ops.hfq.* schemas, reference bodies, native builds
     "nn": 3, "algorithms": 3,                       # HfqLinear; what chooses codes and scales
     # 4: model surgery, checkpoints, GGUF export, standard formats, evaluation, the embedded model, peft's LoRA layer

@@ -38,6 +38,8 @@ def _compare(src_dir, tmp_path, llama_src, pre=""):
     ours = hfq.export_gguf(model, AutoTokenizer.from_pretrained(src_dir), tmp_path / "hfq.gguf", quant_type="F32",
                            progress=False)[0]
     (f1, t1), (f2, t2) = _read(theirs), _read(ours)
+    assert "hfq.export_id" not in f1   # hfq's one addition: its export checksum (docs/safety.md)
+    assert f2.pop("hfq.export_id")[0] == ["STRING"]
     assert f2.keys() == f1.keys()
     for k in f1:
         assert f2[k] == f1[k], k
