@@ -18,7 +18,6 @@ def verify_path(path: str) -> dict:
     p = Path(path)
     if p.suffix == ".gguf" and not p.is_dir():   # check_gguf first: a killed export may have moved it aside
         from ..gguf.export import check_gguf
-
         from ..gguf.split import SHARD, check_export_id, shard_names
 
         h = check_gguf(p)

@@ -68,18 +68,32 @@ class Writer(gguf.GGUFWriter):
                         for kv in self.kv_data]
 
 
+def _set_hash(files: list[Path]) -> str:
+    """sha256 (first _ID_LEN hex digits) of the files in order, with each id's bytes read as the placeholder: what
+    stamp_export_id hashed before it wrote the id."""
+    h, at = hashlib.sha256(), _KV_START + len(_STAMP)
+    for f in files:
+        with open(f, "rb") as fh:
+            done = 0
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                a, b = at - done, at + _ID_LEN - done
+                if a < len(chunk) and b > 0:
+                    lo, hi = max(a, 0), min(b, len(chunk))
+                    chunk = chunk[:lo] + _PLACEHOLDER.encode()[lo - a:hi - a] + chunk[hi:]
+                h.update(chunk)
+                done += len(chunk)
+    return h.hexdigest()[:_ID_LEN]
+
+
 def stamp_export_id(files: list[Path]) -> str:
     """Write one id, the sha256 of the files as written (placeholder in place), into every file's placeholder."""
-    h, want = hashlib.sha256(), _STAMP + _PLACEHOLDER.encode()
+    want = _STAMP + _PLACEHOLDER.encode()
     for f in files:
         with open(f, "rb") as fh:
             fh.seek(_KV_START)
             if fh.read(len(want)) != want:
                 raise RuntimeError(f"{f}: no {EXPORT_ID} placeholder where Writer puts it")
-            fh.seek(0)
-            for chunk in iter(lambda: fh.read(1 << 24), b""):
-                h.update(chunk)
-    export_id = h.hexdigest()[:_ID_LEN]
+    export_id = _set_hash(files)
     for f in files:
         with open(f, "r+b") as fh:
             fh.seek(_KV_START + len(_STAMP))
@@ -91,7 +105,7 @@ def check_export_id(files: list[Path]) -> str | None:
     """The export id of an hfq export, after checking that it still is the sha256 of the files' bytes (the id's
     own bytes read as the placeholder), so that any changed byte is found; None for a GGUF that hfq did not write.
     Raises one ValueError naming the files."""
-    h, ids = hashlib.sha256(), set()
+    ids = set()
     for f in files:
         with open(f, "rb") as fh:
             fh.seek(_KV_START)
@@ -101,17 +115,8 @@ def check_export_id(files: list[Path]) -> str | None:
                 raise ValueError(f"{f} has no {EXPORT_ID} though {files[0]} has one: shards of different exports "
                                  f"were mixed; {_fix(target_of(files[0]))}.")
             ids.add(fh.read(_ID_LEN))
-            fh.seek(0)
-            done = 0
-            for chunk in iter(lambda: fh.read(1 << 24), b""):
-                a, b = _KV_START + len(_STAMP) - done, _KV_START + len(_STAMP) + _ID_LEN - done
-                if a < len(chunk) and b > 0:   # the id's bytes hash as the placeholder they were when hashed
-                    lo, hi = max(a, 0), min(b, len(chunk))
-                    chunk = chunk[:lo] + _PLACEHOLDER.encode()[lo - a:hi - a] + chunk[hi:]
-                h.update(chunk)
-                done += len(chunk)
     stored = ids.pop().decode("ascii", "replace") if len(ids) == 1 else None
-    if stored is None or h.hexdigest()[:_ID_LEN] != stored:
+    if stored is None or _set_hash(files) != stored:
         names = ", ".join(str(f) for f in files)
         raise ValueError(f"{names}: the bytes no longer match their {EXPORT_ID} (the sha256 hfq wrote at export): "
                          "the file was changed or damaged after export; export it again or restore a good copy.")
