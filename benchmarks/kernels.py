@@ -9,7 +9,7 @@ torch's own int4 kernel (aten._weight_int4pack_mm_for_cpu, bfloat16, group 128).
 Rounds are interleaved (every row once per round), so noise from the other core hits all rows alike; the median
 over rounds is reported.
 Prefill (512 x 4096 x 4096): hfq against torch's matmul in bfloat16 and float32.
-GGML types also run with the opt-in int8 activations (rows "Q4_K int8-act" ...) on AVX-512.
+GGML types also run with the opt-in int8 activations (rows "Q4_K int8-act" ...) on AVX-512, k-quants on AVX2.
 ggml: with --ggml-src (benchmarks/ggml_mul_mat.cpp, built against ggml from the llama-cpp-python sdist's llama.cpp
 tree), rows "ggml TYPE" run ggml's own matmul on every GGML type at the same shape and thread count, streamed and
 cached, in processes whose rounds interleave with hfq's; "x ggml" = ggml's time / hfq's (cached), "x ggml s" the
@@ -86,8 +86,9 @@ def formats(w: torch.Tensor) -> dict:
     for qt in GGML_TYPES:
         add(qt, {"weight": quantize_rows(w, qt, None)},
             lambda x, tt, qt=qt: ops.linear_ggml(x, tt["weight"], qt, K, None))
-    if build.cpu_isa() == "avx512":   # the opt-in int8 activations (docs/kernels.md); two mode switches per call
-        for qt in GGML_TYPES:
+    isa = build.cpu_isa()   # the opt-in int8 activations (docs/kernels.md); two mode switches per call
+    if isa in ("avx512", "avx2"):   # AVX2: k-quants only
+        for qt in GGML_TYPES if isa == "avx512" else [t for t in GGML_TYPES if t.endswith("_K")]:
             add(f"{qt} int8-act", {"weight": quantize_rows(w, qt, None)},
                 lambda x, tt, qt=qt: _int8(lambda: ops.linear_ggml(x, tt["weight"], qt, K, None)))
     return out

@@ -1,11 +1,10 @@
 // AVX2+FMA kernels: the exact decoders (auto-vectorized for AVX2) and an integer GEMV engine for CPUs without
 // AVX-512. x is quantized once per call to int16 per 64 columns (scale = max|x| / 32767, as the AVX-512 engine);
 // each 32-column block of a row unpacks to two vectors of 16 int16 codes (zero points and code offsets
-// subtracted, k-quant 16-column sub-block scales multiplied in as integers), vpmaddwd takes the products into
-// int32, and one float multiply-add per block applies weight scale x activation scale. Minimums (Q4_1, Q5_1,
-// Q2_K, Q4_K, Q5_K) use float32 sums of x per 16 columns. nf4/fp4 values go through an int16 table (step 2^-14
-// of its largest value). Layouts it does not take (int5-7, groups under 32, act-order) use the exact
-// decoders and a float32 dot product.
+// subtracted), vpmaddwd takes the products into int32, and one float multiply-add per block applies weight scale
+// x activation scale. Minimums (Q4_1, Q5_1) use float32 sums of x per 16 columns. nf4/fp4 values go through an
+// int16 table (step 2^-14 of its largest value). k-quants take the byte engine of kern_avx2_kq.cpp. Layouts it
+// does not take (groups under 32, act-order) use the exact decoders and a float32 dot product.
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
 
@@ -14,6 +13,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "avx2_parts.h"
 #include "qlinear.h"
 
 namespace {
@@ -200,80 +200,6 @@ struct G32Row {   // Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
   }
 };
 
-template <int FMT>
-struct KRow {   // Q2_K..Q6_K: 256-column super-blocks of eight 32-column blocks
-  static constexpr int BYTES = ggml_block_bytes(FMT);
-  const Weight& W;
-  const u8* row = nullptr;
-  mutable const u8* sb = nullptr;
-  mutable float d = 0, dmin = 0;
-  mutable int sc[16], mn[16];
-  explicit KRow(const Weight& w) : W(w) {}
-  void seek(int64_t r) { row = W.w + r * W.row_bytes; }
-  HFQ_INLINE void superblock(const u8* p) const {
-    sb = p;
-    if (FMT == FMT_Q2_K) {
-      d = h2f(p + 80); dmin = h2f(p + 82);
-      for (int j = 0; j < 16; ++j) { sc[j] = p[j] & 0xF; mn[j] = p[j] >> 4; }
-    } else if (FMT == FMT_Q3_K) {
-      d = h2f(p + 108);
-      for (int j = 0; j < 16; ++j) sc[j] = q3_scale(p + 96, j) - 32;
-    } else if (FMT == FMT_Q6_K) {
-      d = h2f(p + 208);
-      for (int j = 0; j < 16; ++j) sc[j] = (int8_t)p[192 + j];
-    } else {
-      d = h2f(p); dmin = h2f(p + 2);
-      for (int j = 0; j < 8; ++j) k4_scale_min(p + 4, j, &sc[j], &mn[j]);
-    }
-  }
-  HFQ_INLINE void block(int64_t b, Blk& k) const {
-    const int bi = (int)(b & 7);
-    if (bi == 0) superblock(row + (b >> 3) * BYTES);
-    const u8* p = sb;
-    const __m256i m3 = _mm256_set1_epi16(3), m4 = _mm256_set1_epi16(0xF);
-    if (FMT == FMT_Q4_K || FMT == FMT_Q5_K) {   // block bi: nibble bi & 1 of qs[32 (bi / 2) + l]
-      const u8* qs = p + (FMT == FMT_Q4_K ? 16 : 48) + 32 * (bi >> 1);
-      const __m256i wa = u8x16(qs), wb = u8x16(qs + 16);
-      k.A = bi & 1 ? _mm256_srli_epi16(wa, 4) : _mm256_and_si256(wa, m4);
-      k.B = bi & 1 ? _mm256_srli_epi16(wb, 4) : _mm256_and_si256(wb, m4);
-      if (FMT == FMT_Q5_K) {   // bit bi of qh[l]
-        const __m256i one = _mm256_set1_epi16(1);
-        k.A = _mm256_or_si256(k.A, _mm256_slli_epi16(_mm256_and_si256(shr(u8x16(p + 16), bi), one), 4));
-        k.B = _mm256_or_si256(k.B, _mm256_slli_epi16(_mm256_and_si256(shr(u8x16(p + 32), bi), one), 4));
-      }
-      k.s = d * (float)sc[bi];
-      k.mA = k.mB = -dmin * (float)mn[bi];
-      return;
-    }
-    const int h = bi >> 2, t = bi & 3;
-    __m256i qa, qb;
-    if (FMT == FMT_Q6_K) {   // low nibble t >> 1 of ql[64h + 32(t & 1) + l], bits 2t of qh[32h + l]
-      const u8* ql = p + 64 * h + 32 * (t & 1);
-      const __m256i la = u8x16(ql), lb = u8x16(ql + 16);
-      qa = t >> 1 ? _mm256_srli_epi16(la, 4) : _mm256_and_si256(la, m4);
-      qb = t >> 1 ? _mm256_srli_epi16(lb, 4) : _mm256_and_si256(lb, m4);
-      qa = _mm256_or_si256(qa, _mm256_slli_epi16(_mm256_and_si256(shr(u8x16(p + 128 + 32 * h), 2 * t), m3), 4));
-      qb = _mm256_or_si256(qb, _mm256_slli_epi16(_mm256_and_si256(shr(u8x16(p + 144 + 32 * h), 2 * t), m3), 4));
-      qa = _mm256_sub_epi16(qa, _mm256_set1_epi16(32));
-      qb = _mm256_sub_epi16(qb, _mm256_set1_epi16(32));
-    } else {   // Q2_K, Q3_K: bits 2t of qs[32h + l]; Q3_K's third bit is bit bi of hmask[l]
-      const u8* qs = p + (FMT == FMT_Q3_K ? 32 : 16) + 32 * h;
-      qa = _mm256_and_si256(shr(u8x16(qs), 2 * t), m3);
-      qb = _mm256_and_si256(shr(u8x16(qs + 16), 2 * t), m3);
-      if (FMT == FMT_Q3_K) {
-        const __m256i one = _mm256_set1_epi16(1), four = _mm256_set1_epi16(4);
-        qa = _mm256_sub_epi16(_mm256_or_si256(qa, _mm256_slli_epi16(_mm256_and_si256(shr(u8x16(p), bi), one), 2)), four);
-        qb = _mm256_sub_epi16(_mm256_or_si256(qb, _mm256_slli_epi16(_mm256_and_si256(shr(u8x16(p + 16), bi), one), 2)), four);
-      }
-    }
-    k.A = _mm256_mullo_epi16(qa, _mm256_set1_epi16((short)sc[2 * bi]));
-    k.B = _mm256_mullo_epi16(qb, _mm256_set1_epi16((short)sc[2 * bi + 1]));
-    k.s = d;
-    k.mA = FMT == FMT_Q2_K ? -dmin * (float)mn[2 * bi] : 0.f;
-    k.mB = FMT == FMT_Q2_K ? -dmin * (float)mn[2 * bi + 1] : 0.f;
-  }
-};
-
 HFQ_INLINE float hsum(__m256 v) {
   __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   h = _mm_add_ps(h, _mm_movehl_ps(h, h));
@@ -338,6 +264,7 @@ bool fast(const Weight& W) {
 }
 
 void prep(const Weight& W, Acts& a) {
+  if (avx2::kq(W)) return avx2::prep_kq(W, a);
   const Slot s = slot_of(W);
   int src[32];
   for (int j = 0; j < 32; ++j) src[j] = slot_col(s, j);
@@ -367,6 +294,7 @@ void prep(const Weight& W, Acts& a) {
 
 void gemv(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
   if (!fast(W)) return gemv_generic<dot>(W, a, r0, r1, y);
+  if (avx2::kq(W)) return avx2::gemv_kq(W, a, r0, r1, y);
   switch (W.fmt) {
     case FMT_INT: return run(IntRow(W), W, a, r0, r1, y);
     case FMT_LUT4: return run(LutRow(W), W, a, r0, r1, y);
@@ -374,12 +302,7 @@ void gemv(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
     case FMT_Q4_1: return run(G32Row<FMT_Q4_1>(W), W, a, r0, r1, y);
     case FMT_Q5_0: return run(G32Row<FMT_Q5_0>(W), W, a, r0, r1, y);
     case FMT_Q5_1: return run(G32Row<FMT_Q5_1>(W), W, a, r0, r1, y);
-    case FMT_Q8_0: return run(G32Row<FMT_Q8_0>(W), W, a, r0, r1, y);
-    case FMT_Q2_K: return run(KRow<FMT_Q2_K>(W), W, a, r0, r1, y);
-    case FMT_Q3_K: return run(KRow<FMT_Q3_K>(W), W, a, r0, r1, y);
-    case FMT_Q4_K: return run(KRow<FMT_Q4_K>(W), W, a, r0, r1, y);
-    case FMT_Q5_K: return run(KRow<FMT_Q5_K>(W), W, a, r0, r1, y);
-    default: return run(KRow<FMT_Q6_K>(W), W, a, r0, r1, y);
+    default: return run(G32Row<FMT_Q8_0>(W), W, a, r0, r1, y);
   }
 }
 

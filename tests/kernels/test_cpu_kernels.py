@@ -200,9 +200,12 @@ def test_linear_ggml_within_bound(isa, activations, dtype, qtype):
     w[3] = 0.0   # an all-zero row: its blocks have zero scales
     q = quantize_rows(w, qtype, None)
     dense = ggml_dense(q, qtype)
-    int8 = activations == "int8" and isa == "avx512"   # the int8 engine exists for AVX-512 only
+    # int8 activations: k-quants on AVX-512 and AVX2, the 32-column types on AVX-512. The byte engines keep codes
+    # unsigned (minimums and offsets through sums of x): AVX2's k-quants in both modes, AVX-512's with int8.
+    int8 = activations == "int8"
+    kbytes = qtype.endswith("_K") and (isa == "avx2" or (isa == "avx512" and int8))
     _check_linear(lambda x: ops.linear_ggml(x, q, qtype, in_f, None), dense, in_f, (1, 3, 17), dtype,
-                  block=act_block(qtype, in_features=in_f, int8=int8), codes_offset=int8 and qtype.endswith("_K"))
+                  block=act_block(qtype, in_features=in_f, int8=int8, isa=isa), codes_offset=kbytes)
 
 
 def test_activation_modes_are_named_and_checked(native):
