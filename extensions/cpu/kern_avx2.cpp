@@ -45,6 +45,7 @@ HFQ_INLINE __m256i bits16(uint32_t m) {   // word j = 16 where bit j of m is set
   const __m256i t = _mm256_and_si256(_mm256_set1_epi16((short)m), b);
   return _mm256_and_si256(_mm256_cmpeq_epi16(t, b), _mm256_set1_epi16(16));
 }
+inline int pow2_shift(int64_t n) { return n > 0 && (n & (n - 1)) == 0 ? __builtin_ctzll((unsigned long long)n) : -1; }
 HFQ_INLINE __m256i shr(__m256i v, int n) { return _mm256_srl_epi16(v, _mm_cvtsi32_si128(n)); }
 
 // Slot orders of x within a 32-column block, matching how each format's codes unpack.
@@ -68,12 +69,19 @@ inline Slot slot_of(const Weight& W) {
 // integer dot product, and the minimum factors of natural columns 0..15 and 16..31 (0: none).
 struct Blk { __m256i A, B; float s, mA, mB; };
 
+template <int KIND>   // 4, 8: nibbles, bytes; 3: 2 or 3 bits (PK); 7: 5 to 7 bits (PK2)
 struct IntRow {
   const Weight& W;
   const u8* row = nullptr; const uint16_t* sc = nullptr; const u8* zp = nullptr;
   int64_t G;
+  int bpg_shift;   // log2(blocks per group) where that is a power of two, else -1 (a division per block)
+  int bpg;
+  mutable int64_t last = -1;   // the group whose scale and zero s_last, z_last hold
+  mutable float s_last = 0;
+  mutable __m256i z_last;
   __m256i shuf[4], sh[4];   // 2, 3, 5, 6, 7-bit codes: per 8 codes, the two bytes holding each and its bit offset
-  explicit IntRow(const Weight& w) : W(w), G(w.in / w.group) {
+  explicit IntRow(const Weight& w) : W(w), G(w.in / w.group), bpg_shift(pow2_shift(w.group / 32)),
+                                     bpg((int)(w.group / 32)) {
     // 2 and 3 bits: one 16-byte window in both halves, 32-bit lane i takes code 8g + i. 5 to 7 bits: the low half
     // holds the block's bytes from 0 and the high half from 2 * bits (code 16), lane i takes code 4g + i % 4 of its
     // half, so every code lies within its half's 16 bytes.
@@ -91,20 +99,27 @@ struct IntRow {
       sh[g] = _mm256_load_si256((const __m256i*)s);
     }
   }
-  void seek(int64_t r) { row = W.w + r * W.row_bytes; sc = W.scales + r * G; zp = W.zeros ? W.zeros + r * G : nullptr; }
+  void seek(int64_t r) {
+    row = W.w + r * W.row_bytes; sc = W.scales + r * G; zp = W.zeros ? W.zeros + r * G : nullptr; last = -1;
+  }
   HFQ_INLINE void block(int64_t b, Blk& k) const {
-    const int64_t g = 32 * b / W.group;
-    k.s = _cvtsh_ss(sc[g]);
+    const int64_t g = bpg_shift >= 0 ? b >> bpg_shift : (int)b / bpg;
+    if (g != last) {   // groups span several blocks: decode scale and zero once per group
+      last = g;
+      s_last = _cvtsh_ss(sc[g]);
+      z_last = _mm256_set1_epi16((short)(zp ? zp[g] : 1 << (W.bits - 1)));
+    }
+    k.s = s_last;
     k.mA = k.mB = 0.f;
-    const __m256i z = _mm256_set1_epi16((short)(zp ? zp[g] : 1 << (W.bits - 1)));
-    if (W.bits == 4) {   // byte i: column 2i in the low nibble, 2i + 1 in the high
+    const __m256i z = z_last;
+    if (KIND == 4) {   // byte i: column 2i in the low nibble, 2i + 1 in the high
       const __m256i w = u8x16(row + 16 * b);
       k.A = _mm256_sub_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0xF)), z);
       k.B = _mm256_sub_epi16(_mm256_srli_epi16(w, 4), z);
-    } else if (W.bits == 8) {
+    } else if (KIND == 8) {
       k.A = _mm256_sub_epi16(u8x16(row + 32 * b), z);
       k.B = _mm256_sub_epi16(u8x16(row + 32 * b + 16), z);
-    } else if (W.bits < 4) {   // 2 or 3 bits: 8 or 12 bytes per block, codes in 32-bit lanes, packed to int16 (PK)
+    } else if (KIND == 3) {   // 2 or 3 bits: 8 or 12 bytes per block, codes in 32-bit lanes, packed to int16 (PK)
       const u8* p = row + 4 * W.bits * b;
       __m128i t = _mm_loadl_epi64((const __m128i*)p);   // never past the block's own bytes
       if (W.bits == 3) t = _mm_insert_epi32(t, (int)load_u32(p + 8), 2);
@@ -141,7 +156,8 @@ struct LutRow {   // nf4/fp4: codes over the flattened weight, first code in the
   int64_t base = 0;
   __m256i tlo, thi;
   float inv;
-  explicit LutRow(const Weight& w) : W(w) {
+  int gshift;   // blocks are powers of two (fast() checks)
+  explicit LutRow(const Weight& w) : W(w), gshift(pow2_shift(w.group)) {
     float mx = 0;
     for (int i = 0; i < 16; ++i) mx = W.lut[i] > mx ? W.lut[i] : (-W.lut[i] > mx ? -W.lut[i] : mx);
     const float scale = mx > 0 ? 16383.f / mx : 0.f;   // two vpmaddwd of 2^14 x 2^15 stay below 2^31
@@ -157,7 +173,7 @@ struct LutRow {   // nf4/fp4: codes over the flattened weight, first code in the
   }
   void seek(int64_t r) { base = r * W.in; row = W.w + base / 2; am = W.absmax; }
   HFQ_INLINE void block(int64_t b, Blk& k) const {
-    k.s = am[(base + 32 * b) / W.group] * inv;
+    k.s = am[(base + 32 * b) >> gshift] * inv;
     k.mA = k.mB = 0.f;
     const __m128i v = _mm_loadu_si128((const __m128i*)(row + 16 * b)), m4 = _mm_set1_epi8(0xF);
     const __m256i idx = _mm256_set_m128i(_mm_and_si128(v, m4), _mm_and_si128(_mm_srli_epi16(v, 4), m4));
@@ -259,7 +275,7 @@ void run(R row, const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y
 bool fast(const Weight& W) {
   if (W.g_idx || W.in % 32) return false;
   if (W.fmt == FMT_INT) return W.group % 32 == 0;
-  if (W.fmt == FMT_LUT4) return W.group % 32 == 0;
+  if (W.fmt == FMT_LUT4) return W.group % 32 == 0 && pow2_shift(W.group) >= 0;
   return true;
 }
 
@@ -296,7 +312,11 @@ void gemv(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
   if (!fast(W)) return gemv_generic<dot>(W, a, r0, r1, y);
   if (avx2::kq(W)) return avx2::gemv_kq(W, a, r0, r1, y);
   switch (W.fmt) {
-    case FMT_INT: return run(IntRow(W), W, a, r0, r1, y);
+    case FMT_INT:
+      if (W.bits == 4) return run(IntRow<4>(W), W, a, r0, r1, y);
+      if (W.bits == 8) return run(IntRow<8>(W), W, a, r0, r1, y);
+      if (W.bits < 4) return run(IntRow<3>(W), W, a, r0, r1, y);
+      return run(IntRow<7>(W), W, a, r0, r1, y);
     case FMT_LUT4: return run(LutRow(W), W, a, r0, r1, y);
     case FMT_Q4_0: return run(G32Row<FMT_Q4_0>(W), W, a, r0, r1, y);
     case FMT_Q4_1: return run(G32Row<FMT_Q4_1>(W), W, a, r0, r1, y);
