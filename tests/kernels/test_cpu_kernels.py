@@ -165,7 +165,7 @@ def test_linear_int_within_bound(isa, dtype, bits):
             weight, scales, zeros = _int_case(bits, gs, sym, 37, in_f, seed=bits + in_f)
             dense = int_dense(weight, scales, zeros, bits)
             _check_linear(lambda x: ops.linear_int(x, weight, scales, zeros, bits, None), dense, in_f,
-                          (1, 3, 17), dtype, block=act_block("int", gs, in_f))
+                          (1, 3, 6, 17), dtype, block=act_block("int", gs, in_f))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -204,7 +204,7 @@ def test_linear_ggml_within_bound(isa, activations, dtype, qtype):
     # unsigned (minimums and offsets through sums of x): AVX2's k-quants in both modes, AVX-512's with int8.
     int8 = activations == "int8"
     kbytes = qtype.endswith("_K") and (isa == "avx2" or (isa == "avx512" and int8))
-    _check_linear(lambda x: ops.linear_ggml(x, q, qtype, in_f, None), dense, in_f, (1, 3, 17), dtype,
+    _check_linear(lambda x: ops.linear_ggml(x, q, qtype, in_f, None), dense, in_f, (1, 3, 6, 17), dtype,
                   block=act_block(qtype, in_features=in_f, int8=int8, isa=isa), codes_offset=kbytes)
 
 
