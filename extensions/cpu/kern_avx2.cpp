@@ -224,7 +224,8 @@ HFQ_INLINE float hsum(__m256 v) {
 
 // Even and odd blocks add into their own float sums: one chain of multiply-adds would wait on its own latency.
 template <class R, int MT>
-HFQ_INLINE void run_row(R& row, const Weight& W, const Acts& a, int m0, int64_t r, float* y) {
+HFQ_INLINE void run_row(R& row, const Weight& W, const Acts& a, int m0, int64_t r, float* y, const char* pf,
+                        int64_t step) {
   __m256 f[2][MT];
   float fb[2][MT];
   for (int m = 0; m < MT; ++m)
@@ -233,6 +234,7 @@ HFQ_INLINE void run_row(R& row, const Weight& W, const Acts& a, int m0, int64_t 
   Blk k;
   auto block = [&](int64_t b, auto half) __attribute__((always_inline)) {
     constexpr int H = decltype(half)::value;
+    _mm_prefetch(pf + b * step, _MM_HINT_T0);
     row.block(b, k);
     const int64_t c = b >> 1;
     for (int m = 0; m < MT; ++m) {
@@ -259,14 +261,20 @@ HFQ_INLINE void run_row(R& row, const Weight& W, const Acts& a, int m0, int64_t 
 
 template <class R>
 void run(R row, const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
+  // The hardware prefetcher alone left the head of Gemma (262144 x 640 Q8_0, 178 MB) at 13 GB/s: each block also
+  // prefetches the bytes 2 KB ahead in the weight stream (rows are contiguous), never past this task's rows.
+  const int64_t rb = W.fmt == FMT_LUT4 ? W.in / 2 : W.row_bytes, step = rb / (W.in / 32);
+  const char* end = (const char*)(W.w + r1 * rb);
   for (int64_t r = r0; r < r1; ++r) {
+    const char* pf = (const char*)(W.w + r * rb) + 2048;
+    if (pf + rb > end) pf = end - rb;
     int m0 = 0;
-    for (; m0 + 4 <= a.m; m0 += 4) { row.seek(r); run_row<R, 4>(row, W, a, m0, r, y); }
+    for (; m0 + 4 <= a.m; m0 += 4) { row.seek(r); run_row<R, 4>(row, W, a, m0, r, y, pf, step); }
     row.seek(r);
     switch (a.m - m0) {
-      case 3: run_row<R, 3>(row, W, a, m0, r, y); break;
-      case 2: run_row<R, 2>(row, W, a, m0, r, y); break;
-      case 1: run_row<R, 1>(row, W, a, m0, r, y); break;
+      case 3: run_row<R, 3>(row, W, a, m0, r, y, pf, step); break;
+      case 2: run_row<R, 2>(row, W, a, m0, r, y, pf, step); break;
+      case 1: run_row<R, 1>(row, W, a, m0, r, y, pf, step); break;
       default: break;
     }
   }
