@@ -10,7 +10,7 @@ diagnosis variants, gptqmodel's defaults through transformers' GPTQConfig on the
 benchmarks/gptqmodel_awq_gemma3_fold.py).
 
     python benchmarks/calibration_sweep.py [--budgets 1 2 5 16 64 para-prose para-pydoc] [--formats int4 Q3_K_M]
-        [--settings auto d01 d10 d10-gar awq awq-noclip awq-alltok awq-nopost awq-rawattn]
+        [--settings auto d01 d10 d10-gar awq awq-noclip awq-alltok awq-postgain awq-posttok awq-rawattn]
         [--gptqmodel] [--gptqmodel-awq] [--threads N] [--json out.json]
 """
 
@@ -42,10 +42,17 @@ SETTINGS = {   # name: HfqConfig keywords on top of the format's (None = the fie
     "awq": dict(method="awq"),
     "awq-noclip": dict(method="awq"),   # diagnosis: AWQ's scale search alone, no clipping search
     "awq-alltok": dict(method="awq"),   # diagnosis: the scale search on every calibration token (default: 4,096)
-    "awq-nopost": dict(method="awq"),   # diagnosis: Gemma 3's scale loss on the raw sub-module output, as AutoAWQ
-    "awq-rawattn": dict(method="awq"),  # diagnosis: raw output for the attention groups only, normed for the MLP's
+    # Gemma 3's scale loss (awq_block's post_norm): after the whole post norm (hfq's default before 2026-12-03),
+    # after the norm without its channel gain, on the raw output (AutoAWQ's; the default since, so = "awq"), and
+    # raw for the attention groups only with the whole norm for the MLP's
+    "awq-postgain": dict(method="awq"),
+    "awq-posttok": dict(method="awq"),
+    "awq-nopost": dict(method="awq"),
+    "awq-rawattn": dict(method="awq"),
 }
-AWQ_VARIANTS = {"awq-noclip": dict(clip=False), "awq-alltok": dict(max_tokens=1 << 30)}
+AWQ_VARIANTS = {"awq-noclip": dict(clip=False), "awq-alltok": dict(max_tokens=1 << 30),
+                "awq-postgain": dict(post_norm="apply"), "awq-posttok": dict(post_norm="normalize"),
+                "awq-nopost": dict(post_norm="skip"), "awq-rawattn": dict(post_norm="apply")}
 FORMATS = {"int4": dict(bits=4, group_size=128, sym=True), "int3": dict(bits=3, group_size=128, sym=True),
            "Q3_K_M": dict(quant_type="Q3_K_M")}
 
@@ -57,17 +64,14 @@ import hfq.algorithms.awq as _awq
 AWQ_BLOCK, SCALE_GROUPS = _awq.awq_block, _awq.scale_groups
 
 
-def _groups_without_post_norm(mlp_too: bool):
-    def groups(block, arch):
-        return [(prev, layers, inspect, post if inspect.startswith("mlp") and not mlp_too else None)
-                for prev, layers, inspect, post in SCALE_GROUPS(block, arch)]
-    return groups
+def _attn_groups_without_post_norm(block, arch):
+    return [(prev, layers, inspect, post if inspect.startswith("mlp") else None)
+            for prev, layers, inspect, post in SCALE_GROUPS(block, arch)]
 
 
 def awq_variant(setting: str) -> None:
     _awq.awq_block = functools.partial(AWQ_BLOCK, **AWQ_VARIANTS.get(setting, {}))
-    raw = {"awq-nopost": True, "awq-rawattn": False}
-    _awq.scale_groups = _groups_without_post_norm(raw[setting]) if setting in raw else SCALE_GROUPS
+    _awq.scale_groups = _attn_groups_without_post_norm if setting == "awq-rawattn" else SCALE_GROUPS
 
 
 def paragraphs(text: str, tok, budget: int) -> list[str]:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 class AwqNorms:
     mlp_norm: str                   # the norm whose output feeds gate_proj and up_proj
     norm_offset: float              # the RMSNorm multiplies by (norm_offset + weight)
-    # Norms applied to the attention and MLP outputs (Gemma 3): they normalize each token, so AWQ's search and
-    # clip weigh each token's error as the norm does, not by its raw size.
+    # Norms applied to the attention and MLP outputs (Gemma 3): they normalize each token, so AWQ's clip weighs
+    # each token's error as the norm does; its scale search scores the raw output (awq_block's post_norm).
     post_norms: tuple[str, str] | None = None
 
 

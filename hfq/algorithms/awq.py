@@ -8,7 +8,8 @@ spends more resolution on the weights that matter. The search tries
     s = mean|x|^a / (mean|w~|^(1-a) + 1e-4),  a in {0, 1/n, ..., (n-1)/n},  s /= sqrt(max(s) * min(s))
 
 (w~ = |w| / max|w| over its quantization group; AutoAWQ's "duo scaling"), plus s = 1, and keeps the s whose
-fake-quantized group gives the smallest MSE of the inspected sub-module's output against float. Then it shrinks
+fake-quantized group gives the smallest MSE of the inspected sub-module's output against float (its raw output,
+as AutoAWQ, even where a norm follows it as in Gemma 3; docs/gptq-awq.md, "AWQ's loss on Gemma 3"). Then it shrinks
 each (row, group)'s clipping range max|w| over a grid and keeps, per group, the range with the smallest error of
 that group's partial output on a token sample; a row whose whole-row output error got worse is left unclipped.
 
@@ -148,10 +149,19 @@ class _Captured:
             self.tokens[inspect].div_(s.to(self.tokens[inspect].device, self.tokens[inspect].dtype))
 
 
-def _run(block: nn.Module, cap: _Captured, inspect: str, post: str | None) -> list[torch.Tensor]:
+POST_NORM = ("skip", "normalize", "apply")
+
+
+def _run(block: nn.Module, cap: _Captured, inspect: str, post: str | None, post_norm: str) -> list[torch.Tensor]:
     module = block.get_submodule(inspect)
     out = cap.run_attn(module) if inspect == _ATTN else [_first(module(cap.tokens[inspect]))]
-    return out if post is None else [block.get_submodule(post)(o) for o in out]
+    if post is None or post_norm == "skip":
+        return out
+    norm = block.get_submodule(post)
+    if post_norm == "apply":
+        return [norm(o) for o in out]
+    eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6))  # "normalize": the norm without its gain
+    return [o.float() * torch.rsqrt(o.float().pow(2).mean(-1, keepdim=True) + eps) for o in out]
 
 
 def _mse(out: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
@@ -177,10 +187,10 @@ def _weight_mean(w: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _search_scale(block, cap, inspect, post, layers, fake_quant, n_grid, group_size):
+def _search_scale(block, cap, inspect, post, layers, fake_quant, n_grid, group_size, post_norm):
     """Returns (ratio or None for s = 1, s, loss with s = 1, best loss)."""
     mods = [block.get_submodule(n) for n in layers]
-    ref = _run(block, cap, inspect, post)
+    ref = _run(block, cap, inspect, post, post_norm)
     x_mean = cap.input_of(inspect).float().abs().mean(0)
     w_mean = _weight_mean(torch.cat([m.weight for m in mods]), group_size).to(x_mean.device)
     originals = [m.weight.detach().clone() for m in mods]
@@ -196,7 +206,7 @@ def _search_scale(block, cap, inspect, post, layers, fake_quant, n_grid, group_s
             for name, m, w0 in zip(layers, mods, originals):
                 sd = s.to(w0.device)
                 m.weight.copy_((fake_quant(name, (w0.float() * sd).to(w0.dtype)).float() / sd).to(w0.dtype))
-            loss = _mse(_run(block, cap, inspect, post), ref)
+            loss = _mse(_run(block, cap, inspect, post, post_norm), ref)
             if ratio is None:
                 loss_plain = loss
             if loss < best[2]:
@@ -273,7 +283,7 @@ def _kept_calls(inputs: list[tuple[tuple, dict]], max_tokens: int) -> list[tuple
 @torch.no_grad()
 def awq_block(block: nn.Module, inputs: list[tuple[tuple, dict]], arch: str, fake_quant: FakeQuant,
               n_grid: int = 20, group_size: int | None = None, max_tokens: int = 4096, clip_tokens: int = 512,
-              clip: bool = True) -> dict:
+              clip: bool = True, post_norm: str = "skip") -> dict:
     """AWQ on one decoder block, in place. `inputs` are the block's captured forward calls (args, kwargs), so
     block(*args, **kwargs) reproduces the forward; `fake_quant(name, weight)` returns the quantize-dequantize of a
     linear's weight, name relative to the block (e.g. "self_attn.q_proj"). Searches per-channel scales and folds
@@ -285,10 +295,19 @@ def awq_block(block: nn.Module, inputs: list[tuple[tuple, dict]], arch: str, fak
     max_tokens: the search uses the first calls holding about this many tokens (whole calls: attention needs
     whole sequences); clip_tokens: evenly spaced tokens of those for the clip search. past_key_values and
     use_cache in the captured kwargs are replaced by None/False when replaying. The block stays float.
+
+    post_norm: how the scale search treats a norm applied to the inspected output (Gemma 3's post-attention and
+    post-feedforward norms): "skip" scores the raw output (AutoAWQ's loss, the default), "normalize" divides each
+    token by its RMS as the norm does but leaves out the norm's channel gain, "apply" scores after the whole norm
+    (hfq's loss before 2026-12-03). The gain is what misleads: on Gemma-3-270M post_feedforward_layernorm
+    multiplies channel 400 by 153 (median 0.9) and the next input_layernorm by 0.8 (median 25), so "apply" spends
+    the search on a channel the next blocks barely read. Measured in docs/gptq-awq.md, "AWQ's loss on Gemma 3".
     """
     groups = scale_groups(block, arch)
     if not inputs:
         raise ValueError("awq_block needs at least one captured forward call of the block in `inputs`.")
+    if post_norm not in POST_NORM:
+        raise ValueError(f"post_norm={post_norm!r}; give one of {', '.join(POST_NORM)}.")
     if n_grid < 1:
         raise ValueError(f"n_grid={n_grid} must be at least 1 (AutoAWQ uses 20).")
     if group_size is None:
@@ -300,7 +319,8 @@ def awq_block(block: nn.Module, inputs: list[tuple[tuple, dict]], arch: str, fak
         summary["skipped"].append(f"self_attn.v_proj -> o_proj: v_proj has {v.out_features} outputs, o_proj "
                                   f"{o.in_features} inputs (grouped-query attention), not foldable exactly")
     for prev, layers, inspect, post in groups:
-        ratio, s, plain, best = _search_scale(block, cap, inspect, post, layers, fake_quant, n_grid, group_size)
+        ratio, s, plain, best = _search_scale(block, cap, inspect, post, layers, fake_quant, n_grid, group_size,
+                                              post_norm)
         if ratio is not None:
             fold_scales(block, arch, prev, layers, s)
             cap.divide(inspect, s)
