@@ -330,7 +330,8 @@ void gemv(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
     case FMT_Q4_1: return run(G32Row<FMT_Q4_1>(W), W, a, r0, r1, y);
     case FMT_Q5_0: return run(G32Row<FMT_Q5_0>(W), W, a, r0, r1, y);
     case FMT_Q5_1: return run(G32Row<FMT_Q5_1>(W), W, a, r0, r1, y);
-    default: return run(G32Row<FMT_Q8_0>(W), W, a, r0, r1, y);
+    case FMT_Q8_0: return run(G32Row<FMT_Q8_0>(W), W, a, r0, r1, y);
+    default: return gemv_generic<dot>(W, a, r0, r1, y);   // k-quant rows are whole super-blocks (kq)
   }
 }
 
