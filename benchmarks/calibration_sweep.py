@@ -9,7 +9,7 @@ diagnosis variants, gptqmodel's defaults through transformers' GPTQConfig on the
 (--gptqmodel), and gptqmodel's own AWQ (--gptqmodel-awq; on Gemma 3 its scale fold changes the float model, see
 benchmarks/gptqmodel_awq_gemma3_fold.py).
 
-    python benchmarks/calibration_sweep.py [--budgets 1 2 5 16 64 para-prose para-pydoc] [--formats int4 Q3_K_M]
+    python benchmarks/calibration_sweep.py [--budgets 1 2 5 16 64 para-prose para-pydoc] [--formats int4 Q3_K_M] [--seed 0]
         [--settings auto d01 d10 d10-gar awq awq-noclip awq-alltok awq-postgain awq-posttok awq-rawattn]
         [--gptqmodel] [--gptqmodel-awq] [--threads N] [--json out.json]
 """
@@ -84,7 +84,7 @@ def paragraphs(text: str, tok, budget: int) -> list[str]:
     return out
 
 
-def calibration_sets(tok, names):
+def calibration_sets(tok, names, seed=0):
     """{name: HfqConfig dataset keywords}: token windows drawn as hfq draws them, or a list of paragraphs."""
     first = pydoc_halves()[0]
     prose = (DATA / "prose_calibration.txt").read_text()
@@ -96,7 +96,7 @@ def calibration_sets(tok, names):
         elif n == "para-pydoc":
             out[n] = dict(dataset=paragraphs(first, tok, n_prose))
         else:
-            out[n] = dict(dataset=None, n_samples=int(n), seq_len=512)
+            out[n] = dict(dataset=None, n_samples=int(n), seq_len=512, seed=seed)
     return out, n_prose
 
 
@@ -107,7 +107,7 @@ def gptqmodel_config(fmt, data, tok):
     from hfq.algorithms.calibration import calibration_windows, dataset_texts
 
     items, _ = dataset_texts(data["dataset"])
-    cw = calibration_windows(items, data.get("n_samples"), data.get("seq_len"), 0, tok)
+    cw = calibration_windows(items, data.get("n_samples"), data.get("seq_len"), data.get("seed", 0), tok)
     return GPTQConfig(bits=fmt["bits"], group_size=fmt["group_size"], sym=True, tokenizer=tok,
                       dataset=[{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in cw])
 
@@ -128,7 +128,7 @@ def gptqmodel_awq(path, fmt, data, tok):
     gptqmodel._build_device_thread_pool = lambda: DeviceThreadPool(
         inference_mode=True, workers={"cpu": 1, "model_loader:cpu": 1}, empty_cache_every_n=512)
     items, _ = dataset_texts(data["dataset"])
-    cw = calibration_windows(items, data.get("n_samples"), data.get("seq_len"), 0, tok)
+    cw = calibration_windows(items, data.get("n_samples"), data.get("seq_len"), data.get("seed", 0), tok)
     qc = QuantizeConfig(bits=fmt["bits"], group_size=fmt["group_size"], sym=True, quant_method="awq", format="gemm")
     m = GPTQModel.load(str(path), qc, device="cpu", dtype=torch.bfloat16)
     # Its scale search recomputes rotary embeddings without Gemma 3's layer_type (TypeError:
@@ -168,6 +168,7 @@ def main() -> None:
     ap.add_argument("--gptqmodel", action="store_true", help="add gptqmodel's defaults (int formats only)")
     ap.add_argument("--gptqmodel-awq", action="store_true", help="add gptqmodel's own AWQ (int formats only)")
     ap.add_argument("--eval-chunks", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0, help="which windows of the built-in text the budgets draw")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json")
     ap.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown table of earlier --json runs")
@@ -181,7 +182,7 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(path)
     evals = {"pydoc": chunks(tok, pydoc_halves()[1], 512, args.eval_chunks),
              "prose": chunks(tok, (DATA / "prose_eval.txt").read_text(), 512, args.eval_chunks)}
-    sets, n_prose = calibration_sets(tok, args.budgets)
+    sets, n_prose = calibration_sets(tok, args.budgets, args.seed)
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     floor = {k: score(base, w, progress=False) for k, w in evals.items()}
     print(f"held-out: pydoc {len(evals['pydoc'])} x 512, prose {len(evals['prose'])} x 512; paragraph sets "
