@@ -18,6 +18,7 @@
 
 namespace {
 #include "decode.h"
+#include "avx2_common.h"
 
 using namespace hfq_cpu;
 
@@ -37,7 +38,6 @@ float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-HFQ_INLINE float h2f(const u8* p) { uint16_t h; std::memcpy(&h, p, 2); return _cvtsh_ss(h); }
 HFQ_INLINE __m256i u8x16(const u8* p) { return _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)p)); }
 HFQ_INLINE __m256i bits16(uint32_t m) {   // word j = 16 where bit j of m is set
   const __m256i b = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
@@ -216,12 +216,6 @@ struct G32Row {   // Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
   }
 };
 
-HFQ_INLINE float hsum(__m256 v) {
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
-}
-
 // Even and odd blocks add into their own float sums: one chain of multiply-adds would wait on its own latency.
 template <class R, int MT>
 HFQ_INLINE void run_row(R& row, const Weight& W, const Acts& a, int m0, int64_t r, float* y, const char* pf,
@@ -266,8 +260,7 @@ void run(R row, const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y
   const int64_t rb = W.fmt == FMT_LUT4 ? W.in / 2 : W.row_bytes, step = rb / (W.in / 32);
   const char* end = (const char*)(W.w + r1 * rb);
   for (int64_t r = r0; r < r1; ++r) {
-    const char* pf = (const char*)(W.w + r * rb) + 2048;
-    if (pf + rb > end) pf = end - rb;
+    const char* pf = prefetch_start(W.w, r, rb, end);
     int m0 = 0;
     for (; m0 + 4 <= a.m; m0 += 4) { row.seek(r); run_row<R, 4>(row, W, a, m0, r, y, pf, step); }
     row.seek(r);

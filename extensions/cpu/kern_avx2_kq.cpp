@@ -17,10 +17,10 @@
 
 namespace {
 #include "decode.h"
+#include "avx2_common.h"
 
 using namespace hfq_cpu;
 
-HFQ_INLINE float h2f(const u8* p) { uint16_t h; std::memcpy(&h, p, 2); return _cvtsh_ss(h); }
 HFQ_INLINE __m256i ld(const void* p) { return _mm256_loadu_si256((const __m256i*)p); }
 template <int N>
 HFQ_INLINE __m256i low_bits(__m256i v, int shift) {   // bits [shift, shift + N) of every byte
@@ -112,12 +112,6 @@ struct KB {
   }
 };
 
-HFQ_INLINE float hsum(__m256 v) {
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
-}
-
 // One weight row against MT rows of x. SPLIT: int16 x as two byte planes (the low plane 256 bytes after the high).
 template <int FMT, int MT, bool SPLIT>
 HFQ_INLINE void kq_row(KB<FMT>& kb, const u8* row, const Acts& a, int m0, int64_t r, int64_t out, float* y,
@@ -171,8 +165,7 @@ void run_kq(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
   const char* end = (const char*)(W.w + r1 * W.row_bytes);   // never prefetch past this task's rows
   for (int64_t r = r0; r < r1; ++r) {
     const u8* row = W.w + r * W.row_bytes;
-    const char* pf = (const char*)row + 2048;
-    if (pf + W.row_bytes > end) pf = end - W.row_bytes;
+    const char* pf = prefetch_start(W.w, r, W.row_bytes, end);
     int m0 = 0;
     for (; m0 + 4 <= a.m; m0 += 4) kq_row<FMT, 4, SPLIT>(kb, row, a, m0, r, W.out, y, pf);
     switch (a.m - m0) {
