@@ -85,13 +85,18 @@ def rtn_fake_quant(bits: int, group_size: int, sym: bool = False):
     return fq
 
 
-def _quantized_output(block, fq, calls):
+def _quantized(block, fq):
+    """A copy of the block with every linear's weight fake-quantized by fq."""
     q = copy.deepcopy(block)
     with torch.no_grad():
         for name in LINEARS:
             lin = q.get_submodule(name)
             lin.weight.copy_(fq(name, lin.weight))
-    return _run(q, calls)
+    return q
+
+
+def _quantized_output(block, fq, calls):
+    return _run(_quantized(block, fq), calls)
 
 
 ARCH_CASES = [("llama", 2), ("llama", 4), ("mistral", 2), ("qwen2", 4), ("qwen3", 2), ("qwen3", 4),
@@ -225,11 +230,7 @@ def test_gemma_first_blocks_awq_beats_rtn_on_held_out_text(gemma_dir):
         block = model.model.layers[i]
 
         def kl(b):
-            model.model.layers[i] = copy.deepcopy(b)
-            with torch.no_grad():
-                for name in LINEARS:
-                    lin = model.model.layers[i].get_submodule(name)
-                    lin.weight.copy_(fq(name, lin.weight))
+            model.model.layers[i] = _quantized(b, fq)
             lp = logprobs()
             model.model.layers[i] = block
             return sum(float((r.exp() * (r - q)).sum()) for r, q in zip(ref, lp)) / sum(r.shape[0] for r in ref)
