@@ -1,4 +1,4 @@
-"""ggml's own CPU matmul as rows of benchmarks/kernels.py (benchmarks/ggml_mul_mat.cpp, one process per type).
+"""ggml's own CPU matmul as rows of benchmarks/kernel_speed.py (benchmarks/ggml_mul_mat.cpp, one process per type).
 
 The tool is built against ggml from the llama.cpp tree of the llama-cpp-python sdist (the one .ci/llama_tools.sh
 unpacks into ~/.cache/hfq/llama.cpp-VERSION/src). ggml builds with -march=native, so the build directory is keyed
@@ -86,6 +86,6 @@ class Proc:
 
 
 def rows(exe: Path, N: int, K: int, threads: int, bytes_of: dict) -> dict:
-    """kernels.py rows "ggml Q4_K" ...: name -> (bytes of one weight, make(copies) -> [Proc])."""
+    """kernel_speed.py rows "ggml Q4_K" ...: name -> (bytes of one weight, make(copies) -> [Proc])."""
     return {f"ggml {t}": (bytes_of[t], lambda n, t=t: [Proc(exe, t, N, K, threads, n)]) for t in TYPES
             if t in bytes_of}

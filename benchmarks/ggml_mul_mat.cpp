@@ -1,5 +1,5 @@
-// ggml's own CPU matmul at any shape, for benchmarks/kernels.py: test-backend-ops' perf list has most GGML types
-// only at k=14336. Built by kernels.py (--ggml-src) against ggml from the llama-cpp-python sdist.
+// ggml's own CPU matmul at any shape, for benchmarks/kernel_speed.py: test-backend-ops' perf list has most GGML types
+// only at k=14336. Built by kernel_speed.py (--ggml-src) against ggml from the llama-cpp-python sdist.
 //
 //     ggml_mul_mat TYPE N K THREADS COPIES      prints "ready", then answers each line of stdin:
 //     "c R" -> seconds per op over R ops on the same weights (cache-resident, as test-backend-ops runs it)

@@ -137,6 +137,20 @@ def test_import_hfq_registers_and_loads_no_publishing_code():
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+def test_no_script_module_shadows_an_optional_package():
+    # `python benchmarks/x.py` puts benchmarks/ first on sys.path, and pytest puts tests/ there; transformers then
+    # imports optional packages by name (benchmarks/kernels.py once shadowed `kernels`, breaking every model import).
+    import importlib.metadata
+
+    import transformers.utils.import_utils as iu
+
+    probed = set(re.findall(r'_is_package_available\(\s*"([A-Za-z0-9_]+)"', Path(iu.__file__).read_text()))
+    assert "kernels" in probed and len(probed) > 50, "transformers' probe list moved: read import_utils.py"
+    installed = set(importlib.metadata.packages_distributions())
+    scripts = {p.stem for d in ("benchmarks", "tests") for p in (ROOT / d).glob("*.py")} - {"conftest"}
+    assert not scripts & (probed | installed), sorted(scripts & (probed | installed))
+
+
 def test_formats_and_algorithms_never_import_transformers():
     for sub in ("formats", "algorithms", "kernels", "nn"):
         for p in (ROOT / "hfq" / sub).rglob("*.py"):

@@ -15,7 +15,7 @@ tree), rows "ggml TYPE" run ggml's own matmul on every GGML type at the same sha
 cached, in processes whose rounds interleave with hfq's; "x ggml" = ggml's time / hfq's (cached), "x ggml s" the
 same streamed. --ggml-bench PATH parses test-backend-ops' MUL_MAT perf instead (cached; Q4_K only at 4096x4096).
 
-    python benchmarks/kernels.py [--threads 1 2] [--shape 4096 4096] [--rounds 7] [--ggml-src [DIR]] [--json F]
+    python benchmarks/kernel_speed.py [--threads 1 2] [--shape 4096 4096] [--rounds 7] [--ggml-src [DIR]] [--json F]
 """
 
 from __future__ import annotations
