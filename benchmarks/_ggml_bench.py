@@ -25,13 +25,14 @@ def default_src() -> Path | None:
     return found[-1].parents[2] if found else None
 
 
-def _cpu_key() -> str:
+def _key(with_source: bool) -> str:
     flags = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("flags"):
             flags = line
             break
-    return hashlib.sha256((flags + (HERE / "ggml_mul_mat.cpp").read_text()).encode()).hexdigest()[:12]
+    text = flags + ((HERE / "ggml_mul_mat.cpp").read_text() if with_source else "")
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def build(src: Path, log) -> Path:
@@ -40,27 +41,31 @@ def build(src: Path, log) -> Path:
     if not (src / "ggml" / "include" / "ggml.h").exists():
         raise SystemExit(f"--ggml-src {src}: no ggml/include/ggml.h there; pass the llama.cpp tree of the "
                          "llama-cpp-python sdist (bash .ci/llama_tools.sh unpacks it into ~/.cache/hfq)")
-    out = src.parent / f"ggml-bench-{_cpu_key()}"
+    out = src.parent / f"ggml-bench-{_key(True)}"
     exe = out / "ggml_mul_mat"
     if exe.exists():
         return exe
-    tmp = Path(str(out) + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    log(f"building ggml and ggml_mul_mat into {out} ...")
-    b = tmp / "build"
-    subprocess.run(["cmake", "-S", str(src), "-B", str(b), "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF",
-                    "-DGGML_OPENMP=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
-                    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=OFF"], check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", str(b), "-j", str(os.cpu_count() or 2), "--target", "ggml"], check=True,
-                   capture_output=True)
-    libs = sorted(str(p) for p in b.rglob("*.a") if p.name.startswith("libggml"))
+    libs_dir = src.parent / f"ggml-libs-{_key(False)}"   # ggml itself: kept, so a new tool source only relinks
+    if not (libs_dir / "done").exists():
+        log(f"building ggml into {libs_dir} (a few minutes) ...")
+        shutil.rmtree(libs_dir, ignore_errors=True)
+        subprocess.run(["cmake", "-S", str(src), "-B", str(libs_dir), "-DCMAKE_BUILD_TYPE=Release",
+                        "-DBUILD_SHARED_LIBS=OFF", "-DGGML_OPENMP=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+                        "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=OFF"],
+                       check=True, capture_output=True)
+        subprocess.run(["cmake", "--build", str(libs_dir), "-j", str(os.cpu_count() or 2), "--target", "ggml"],
+                       check=True, capture_output=True)
+        (libs_dir / "done").write_text("")
+    libs = sorted(str(p) for p in libs_dir.rglob("*.a") if p.name.startswith("libggml"))
     cpu = [p for p in libs if "ggml-cpu" in p]
     rest = [p for p in libs if p not in cpu and not p.endswith("libggml.a")]
     core = [p for p in libs if p.endswith("libggml.a")]
+    tmp = Path(str(out) + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     subprocess.run(["g++", "-O2", "-std=c++17", f"-I{src / 'ggml' / 'include'}", str(HERE / "ggml_mul_mat.cpp"),
                     "-o", str(tmp / "ggml_mul_mat"), "-Wl,--start-group", *core, *cpu, *rest, "-Wl,--end-group",
                     "-lpthread", "-lm", "-ldl"], check=True, capture_output=True)
-    shutil.rmtree(b)
     os.replace(tmp, out)
     return exe
 

@@ -50,14 +50,27 @@ int main(int argc, char** argv) {
     ggml_build_forward_expand(gf, ggml_mul_mat(ctx, w, x));
     graphs.push_back(gf);
   }
-  ggml_graph_compute_with_ctx(ctx, graphs[0], threads);   // warm-up
+  // One plan and work buffer for every call: ggml_graph_compute_with_ctx takes a new work buffer from ctx on each
+  // call, which ran the pool dry after about 100 k-quant calls.
+  size_t work = 0;
+  std::vector<ggml_cplan> plans;
+  for (ggml_cgraph* gf : graphs) {
+    plans.push_back(ggml_graph_plan(gf, threads, nullptr));
+    work = std::max(work, plans.back().work_size);
+  }
+  std::vector<uint8_t> work_data(work + 64);
+  for (ggml_cplan& p : plans) p.work_data = work_data.data();
+  ggml_graph_compute(graphs[0], &plans[0]);   // warm-up
   std::printf("ready\n");
   std::fflush(stdout);
   char mode;
   int reps;
   while (std::scanf(" %c %d", &mode, &reps) == 2 && reps > 0) {
     const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < reps; ++i) ggml_graph_compute_with_ctx(ctx, graphs[mode == 's' ? i % copies : 0], threads);
+    for (int i = 0; i < reps; ++i) {
+      const int c = mode == 's' ? i % copies : 0;
+      ggml_graph_compute(graphs[c], &plans[c]);
+    }
     std::printf("%.9f\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps);
     std::fflush(stdout);
   }

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hfq.evaluation import chunks, default_text, score
+from hfq.evaluation import chunks, decode_speed, default_text, score
 from hfq.embedded import gguf_path
 
 
@@ -53,6 +53,20 @@ def test_self_comparison_is_exact(llama256_dir):
     with torch.no_grad():
         losses = [F.cross_entropy(model(input_ids=w).logits[0, 32:63], w[0, 33:64], reduction="sum") for w in windows]
     assert r["ppl"] == pytest.approx(math.exp(sum(losses).item() / 93), rel=1e-5)
+
+
+def test_decode_speed_times_exactly_the_asked_tokens_even_past_eos(llama256_dir):
+    model = AutoModelForCausalLM.from_pretrained(llama256_dir).eval()
+    ids = torch.tensor([[5, 17, 42, 7]])
+    with torch.no_grad():
+        first = int(model(input_ids=ids).logits[0, -1].argmax())
+    model.generation_config.eos_token_id = first   # greedy decoding would stop at once
+    lengths = []
+    generate = model.generate
+    model.generate = lambda *a, **k: (lambda out: lengths.append(out.shape[1] - ids.shape[1]) or out)(generate(*a, **k))
+    tps = decode_speed(model, lambda text, return_tensors: {"input_ids": ids}, new_tokens=6)
+    assert lengths[-1] == 6 and tps > 0
+    assert model.generation_config.eos_token_id == first   # the caller's config comes back
 
 
 @pytest.mark.slow

@@ -149,12 +149,12 @@ class HfqLinear(nn.Module):
         if not self._ready:
             self.prepare()
         if self.layout == "gguf":
-            return ops.op("linear_ggml")(x, self.weight, self.ggml_type, self.in_features, self.bias)
+            return ops.call("linear_ggml", x, self.weight, self.ggml_type, self.in_features, self.bias)
         if self.layout == "int":
             if self.act_order and self.perm is not None:
-                return ops.op("linear_int")(x.index_select(-1, self.perm), self.weight_sorted, self.scales,
-                                            self._zeros(), self.bits, self.bias, None)
-            return ops.op("linear_int")(x, self.weight, self.scales, self._zeros(), self.bits, self.bias,
-                                        self._g_idx())
-        return ops.op("linear_4bit")(x, self.weight, self.absmax_f32, self.code,
-                                     [self.out_features, self.in_features], self.bias)
+                return ops.call("linear_int", x.index_select(-1, self.perm), self.weight_sorted, self.scales,
+                                self._zeros(), self.bits, self.bias, None)
+            return ops.call("linear_int", x, self.weight, self.scales, self._zeros(), self.bits, self.bias,
+                            self._g_idx())
+        return ops.call("linear_4bit", x, self.weight, self.absmax_f32, self.code,
+                        [self.out_features, self.in_features], self.bias)

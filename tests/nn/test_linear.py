@@ -51,6 +51,27 @@ def test_forward_matches_an_independent_decode(layout, bits, gs, sym, dq, dtype)
     assert err < (0.15 if bits == 3 else 0.02)
 
 
+def test_gradients_flow_when_asked_and_no_graph_is_kept_otherwise():
+    """forward enters the op below autograd when nothing asks for a gradient; x or a trainable bias still gets
+    grad @ W and sum(grad) (W decoded by a naive loop)."""
+    g = torch.Generator().manual_seed(3)
+    lin = _layer("int", 4, 32, True, False, torch.randn(8, 64, generator=g) * 0.1)
+    dense = _independent_dense(lin)
+    x = torch.randn(3, 64, generator=g)
+    assert lin(x).grad_fn is None
+    with torch.no_grad():
+        assert lin(x.clone().requires_grad_()).grad_fn is None
+    xg = x.clone().requires_grad_()
+    grad = torch.randn(3, 8, generator=g)
+    lin(xg).backward(grad)
+    torch.testing.assert_close(xg.grad, (grad.double() @ dense.double()).float(), rtol=1e-5, atol=1e-6)
+    lin.bias.requires_grad_(True)
+    y = lin(x)
+    assert y.grad_fn is not None
+    y.backward(grad)
+    torch.testing.assert_close(lin.bias.grad, grad.sum(0))
+
+
 def test_act_order_layer_runs_the_sorted_layout_exactly():
     """GPTQ act-order: the layer sorts its columns by group once; forward equals the g_idx decode."""
     g = torch.Generator().manual_seed(1)
