@@ -189,11 +189,16 @@ def op(name: str):
     return getattr(getattr(torch.ops, NAMESPACE), name)
 
 
+_DEFAULT = {}   # name -> its OpOverload: the attribute walk costs about 1 us a call
+
+
 def call(name: str, *args):
     """torch.ops.hfq.<name>.default(*args), entered below autograd when no input asks for a gradient: the same
     redispatch torch's registered autograd kernel makes, without its Python wrapper (about 5 us of each decode-time
     call). Traced programs take the op as it is."""
-    f = getattr(getattr(torch.ops, NAMESPACE), name).default
+    f = _DEFAULT.get(name)
+    if f is None:
+        f = _DEFAULT[name] = op(name).default
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(
             isinstance(a, torch.Tensor) and a.requires_grad for a in args)):
         return f(*args)
