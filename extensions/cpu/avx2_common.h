@@ -9,10 +9,3 @@ HFQ_INLINE float hsum(__m256 v) {
   h = _mm_add_ps(h, _mm_movehl_ps(h, h));
   return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
 }
-
-// Where row r's software prefetch starts: 2 KB ahead in the weight stream (rows are contiguous), never past the
-// last of this task's rows, which ends at `end`.
-HFQ_INLINE const char* prefetch_start(const u8* w, int64_t r, int64_t row_bytes, const char* end) {
-  const char* pf = (const char*)(w + r * row_bytes) + 2048;
-  return pf + row_bytes > end ? end - row_bytes : pf;
-}

@@ -20,6 +20,13 @@ constexpr int ggml_block_bytes(int fmt) {
        : fmt == hfq_cpu::FMT_Q3_K ? 110 : fmt == hfq_cpu::FMT_Q4_K ? 144 : fmt == hfq_cpu::FMT_Q5_K ? 176 : 210;
 }
 
+// Where row r's software prefetch starts: 2 KB ahead in the weight stream (rows are contiguous), never past the
+// last of this task's rows, which ends at `end`.
+HFQ_INLINE const char* prefetch_start(const u8* w, int64_t r, int64_t row_bytes, const char* end) {
+  const char* pf = (const char*)(w + r * row_bytes) + 2048;
+  return pf + row_bytes > end ? end - row_bytes : pf;
+}
+
 inline float f32_from_bits(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline uint32_t bits_from_f32(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 

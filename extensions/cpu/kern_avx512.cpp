@@ -29,7 +29,7 @@ using namespace hfq_cpu;
 // ---- the engine: one weight row against MT rows of x ----
 
 // The hardware prefetcher alone leaves this loop waiting on memory (measured: half the read bandwidth), so each
-// chunk also prefetches the codes HFQ_PF_BYTES ahead in the weight stream (rows are contiguous).
+// chunk also prefetches the codes 2 KB ahead in the weight stream (prefetch_start, decode.h).
 // Chunks per accumulation block: the int32 products of `cpb` consecutive chunks are summed before one float
 // conversion, where the weight scale and the activation scale are both constant over them (prep() quantizes x
 // per block of 64 * cpb columns). At most 16 products per int32 lane: k-quant codes times sub-block scales are
@@ -118,17 +118,13 @@ inline void rows_of_x(R& row, const Acts& a, int64_t r, int64_t out, float* y, c
   }
 }
 
-#ifndef HFQ_PF_BYTES
-#define HFQ_PF_BYTES 2048
-#endif
 template <class R>
 void run(R row, const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
   const int64_t rb = W.fmt == FMT_LUT4 ? W.in / 2 : W.row_bytes, step = rb / a.chunks;
   const char* end = (const char*)(W.w + r1 * rb);   // never prefetch past this task's rows
   const int cpb = chunks_per_block(W);
   for (int64_t r = r0; r < r1; ++r) {
-    const char* pf = (const char*)(W.w + r * rb) + HFQ_PF_BYTES;
-    if (pf + rb > end) pf = end - rb;
+    const char* pf = prefetch_start(W.w, r, rb, end);
     if (cpb == 1) rows_of_x<R, true>(row, a, r, W.out, y, pf, step, cpb);
     else rows_of_x<R, false>(row, a, r, W.out, y, pf, step, cpb);
   }

@@ -108,8 +108,7 @@ template <int FMT>
 void run_q8(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
   const char* end = (const char*)(W.w + r1 * W.row_bytes);
   for (int64_t r = r0; r < r1; ++r) {
-    const char* pf = (const char*)(W.w + r * W.row_bytes) + 2048;
-    if (pf + W.row_bytes > end) pf = end - W.row_bytes;
+    const char* pf = prefetch_start(W.w, r, W.row_bytes, end);
     int m0 = 0;
     for (; m0 + 4 <= a.m; m0 += 4) q8_row<FMT, 4>(W, a, m0, r, y, pf);
     switch (a.m - m0) {
