@@ -7,7 +7,7 @@
 
 namespace hfq_cpu::avx512 {
 void dequant(const Weight& w, int64_t r0, int64_t r1, void* out, int out_type);
-// k-quants with int8 activations (kern_avx512_k8.cpp)
+// k-quants, int8 activations or int16 ones as two byte planes (kern_avx512_k8.cpp)
 bool k8(const Weight& w, const Acts& a);
 void prep_k8(const Weight& w, Acts& a);
 void gemv_k8(const Weight& w, const Acts& a, int64_t r0, int64_t r1, float* y);

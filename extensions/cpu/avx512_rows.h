@@ -219,8 +219,8 @@ struct LegacyRow {
   }
 };
 
-// K-quants: a chunk is a quarter of a 256-column super-block, NAT order. Sub-block scales are multiplied into
-// the codes as integers, so one float scale (the super-block's d) serves the whole chunk.
+// K-quants: super-block scales and minimums (for the byte engine, kern_avx512_k8.cpp) and int16 codes of a quarter
+// of a super-block, NAT order (for the exact dequantizer).
 template <int FMT>
 struct KRow {
   static constexpr bool has_b = FMT == FMT_Q2_K || FMT == FMT_Q4_K || FMT == FMT_Q5_K;   // minimums
@@ -230,15 +230,7 @@ struct KRow {
   float d;
   __m512i scw;                // integer scale per 16-column segment of the current super-block, words 0..15
   alignas(16) float B[16];    // minimum term per segment
-  __m512i idx[4][2];          // words of v0/v1 of chunk q -> their segment
-  explicit KRow(const Weight& w) : W(&w) {
-    for (int q = 0; q < 4; ++q)
-      for (int v = 0; v < 2; ++v) {
-        alignas(64) short t[32];
-        for (int j = 0; j < 32; ++j) t[j] = (short)(4 * q + 2 * v + j / 16);
-        idx[q][v] = _mm512_load_si512(t);
-      }
-  }
+  explicit KRow(const Weight& w) : W(&w) {}
   void seek(int64_t r) { row = W->w + r * W->row_bytes; }
   HFQ_INLINE void mins(__m128i m8, float dmin, bool pairs) {   // B = -(dmin * m), m: bytes
     const __m512 m = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(m8));
@@ -320,16 +312,6 @@ struct KRow {
         }
       }
     }
-  }
-  HFQ_INLINE void chunk(int64_t c, __m512i& v0, __m512i& v1, __m512& s, __m128& b4) {
-    const u8* b = row + (c >> 2) * BYTES;
-    const int q = (int)(c & 3);
-    if (q == 0) superblock(b);
-    codes(b, q, v0, v1);
-    v0 = _mm512_mullo_epi16(v0, _mm512_permutexvar_epi16(idx[q][0], scw));
-    v1 = _mm512_mullo_epi16(v1, _mm512_permutexvar_epi16(idx[q][1], scw));
-    s = _mm512_set1_ps(d);
-    b4 = has_b ? _mm_loadu_ps(B + 4 * q) : _mm_setzero_ps();
   }
   // Exact per-segment factors in the reference's order: w = dl * q - ml (ml = 0 where there is no minimum).
   HFQ_INLINE void exact(const u8* b, float* dl, float* ml) const {

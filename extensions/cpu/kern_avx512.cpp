@@ -1,12 +1,12 @@
 // AVX-512 kernels (F, BW, VL, DQ, VBMI, VNNI): the integer engine for few rows of x.
 //
 // Activations are quantized once per call to int16 in blocks of 64 columns, or of the weight's scale group up to
-// 256 columns where that is wider (k-quant super-blocks, int groups of 128 and more, per-channel rows): scale =
-// max|x| / 32767, so the error is at most 2^-16 of the block's largest value. Weight codes are unpacked to int16 exactly, with zero points
-// subtracted (signed codes halve the activation error's weight) and k-quant sub-block scales multiplied in as
-// integers. vpdpwssd multiplies them with x into int32 lanes (at most four products per lane, so no overflow);
-// each chunk's lanes are converted to float once and scaled by (weight scale) x (activation scale).
-// K-quant minimums go through float32 sums of x per 16 columns, so they add no activation error.
+// 256 columns where that is wider (int groups of 128 and more, per-channel rows): scale = max|x| / 32767, so the
+// error is at most 2^-16 of the block's largest value. Weight codes are unpacked to int16 exactly, with zero points
+// subtracted (signed codes halve the activation error's weight). vpdpwssd multiplies them with x into int32 lanes
+// (at most four products per lane, so no overflow); each chunk's lanes are converted to float once and scaled by
+// (weight scale) x (activation scale). Q4_1/Q5_1 minimums go through float32 sums of x per 16 columns, so they add
+// no activation error. K-quants take the byte engine (kern_avx512_k8.cpp) at the same int16 precision.
 //
 // Each format unpacks a 64-column chunk into two int16 vectors v0, v1 in the slot order that is cheapest for its
 // layout, such that lane l of v0 and lane l of v1 share one weight scale; prep() puts x in the same order.
@@ -32,10 +32,9 @@ using namespace hfq_cpu;
 // chunk also prefetches the codes 2 KB ahead in the weight stream (prefetch_start, decode.h).
 // Chunks per accumulation block: the int32 products of `cpb` consecutive chunks are summed before one float
 // conversion, where the weight scale and the activation scale are both constant over them (prep() quantizes x
-// per block of 64 * cpb columns). At most 16 products per int32 lane: k-quant codes times sub-block scales are
-// below 2^12 in magnitude and x below 2^15, so sums stay below 2^31.
+// per block of 64 * cpb columns). At most 16 products per int32 lane: codes are below 2^8 in magnitude and x below
+// 2^15, so sums stay below 2^31.
 int chunks_per_block(const Weight& W) {
-  if (W.fmt >= FMT_Q2_K && W.fmt <= FMT_Q6_K) return 4;            // one super-block, one d
   if (W.fmt == FMT_INT && !W.g_idx) {
     if (W.group == W.in) return 4;                                // per channel: one scale per row
     if (W.group >= 128 && (W.group & (W.group - 1)) == 0) return (W.group >= 256 ? 256 : W.group) / 64;
@@ -213,11 +212,6 @@ void gemv(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
     case FMT_Q5_0: return run(LegacyRow<FMT_Q5_0>(W), W, a, r0, r1, y);
     case FMT_Q5_1: return run(LegacyRow<FMT_Q5_1>(W), W, a, r0, r1, y);
     case FMT_Q8_0: return run(LegacyRow<FMT_Q8_0>(W), W, a, r0, r1, y);
-    case FMT_Q2_K: return run(KRow<FMT_Q2_K>(W), W, a, r0, r1, y);
-    case FMT_Q3_K: return run(KRow<FMT_Q3_K>(W), W, a, r0, r1, y);
-    case FMT_Q4_K: return run(KRow<FMT_Q4_K>(W), W, a, r0, r1, y);
-    case FMT_Q5_K: return run(KRow<FMT_Q5_K>(W), W, a, r0, r1, y);
-    case FMT_Q6_K: return run(KRow<FMT_Q6_K>(W), W, a, r0, r1, y);
     default: return gemv_generic<dot>(W, a, r0, r1, y);
   }
 }

@@ -1,10 +1,13 @@
-// AVX-512 k-quant GEMV with int8 activations, as llama.cpp computes k-quants (Q8_K): x is quantized once per call
-// to int8 per 256-column super-block (scale = max|x| / 127), codes stay bytes, vpmaddubsw multiplies code and x
-// pairs into int16, and vpdpwssd multiplies those by the integer sub-block scales into int32 for the whole
-// super-block: one float conversion per super-block. Minimums and the fixed code offsets (Q3_K's 4, Q6_K's 32)
-// go through sums of the quantized x per 16 columns. Against int16 activations this trades precision (error up
-// to 1/254 of the super-block's largest |x| per element, what llama.cpp accepts for GGUF models) for twice the
-// multiplies per instruction, so it is opt-in (HFQ_CPU_ACTIVATIONS=int8, docs/kernels.md).
+// AVX-512 k-quant GEMV, the byte engine: codes stay bytes, vpmaddubsw multiplies code and x pairs into int16, and
+// vpdpwssd multiplies those by the integer sub-block scales into int32 for the whole 256-column super-block: one
+// float conversion per super-block. Minimums and the fixed code offsets (Q3_K's 4, Q6_K's 32) go through sums of
+// the quantized x per 16 columns. x is quantized once per call, per super-block, in one of two ways:
+// - int16 (the default): x16 = 256 * hi + lo, scale max|x| / 32639, with hi and lo signed bytes (hi never reaches
+//   128) in two planes, one int32 sum per plane, joined in float. Error at most 2^-16 of the super-block's largest
+//   |x|, as the int16 engine of kern_avx512.cpp, whose unpacking to int16 and scale multiplies it saves.
+// - int8, as llama.cpp computes k-quants (Q8_K): scale max|x| / 127, error up to 1/254 of the largest |x| per
+//   element (what llama.cpp accepts for GGUF models), for half the multiplies: opt-in (HFQ_CPU_ACTIVATIONS=int8,
+//   docs/kernels.md).
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vnni,fma,f16c,bmi,bmi2")
 #include <immintrin.h>
 
@@ -88,7 +91,7 @@ struct K8Row {
   }
 };
 
-template <int FMT, int MT>
+template <int FMT, int MT, int P>   // P: byte planes of x (1: int8, 2: int16 as hi and lo)
 inline void k8_row(K8Row<FMT>& row, const Acts& a, int m0, int64_t r, int64_t out, float* y, const char* pf) {
   __m512 f[MT], fb[MT];
   for (int m = 0; m < MT; ++m) f[m] = fb[m] = _mm512_setzero_ps();
@@ -97,8 +100,8 @@ inline void k8_row(K8Row<FMT>& row, const Acts& a, int m0, int64_t r, int64_t ou
     const u8* b = row.k.row + sb * K8Row<FMT>::BYTES;
     for (int o = 0; o < K8Row<FMT>::BYTES; o += 64) _mm_prefetch(pf + sb * K8Row<FMT>::BYTES + o, _MM_HINT_T0);
     row.superblock(b);
-    __m512i p[MT], p2[MT];   // two chains: each vpdpwssd waits on the last one into its accumulator
-    for (int m = 0; m < MT; ++m) p[m] = p2[m] = _mm512_setzero_si512();
+    __m512i p[MT], p2[MT], l[MT], l2[MT];   // two chains per plane: each vpdpwssd waits on the last one
+    for (int m = 0; m < MT; ++m) p[m] = p2[m] = l[m] = l2[m] = _mm512_setzero_si512();
     for (int h = 0; h < 2; ++h) {
       __m512i lo, hi;
       row.codes(b, h, lo, hi);
@@ -108,32 +111,38 @@ inline void k8_row(K8Row<FMT>& row, const Acts& a, int m0, int64_t r, int64_t ou
         const int8_t* xq = reinterpret_cast<const int8_t*>(a.q + ((m0 + m) * cs + 4 * sb) * 64) + 128 * h;
         p[m] = _mm512_dpwssd_epi32(p[m], _mm512_maddubs_epi16(lo, _mm512_loadu_si512(xq)), slo);
         p2[m] = _mm512_dpwssd_epi32(p2[m], _mm512_maddubs_epi16(hi, _mm512_loadu_si512(xq + 64)), shi);
+        if (P == 2) {   // the low plane, 256 bytes on
+          l[m] = _mm512_dpwssd_epi32(l[m], _mm512_maddubs_epi16(lo, _mm512_loadu_si512(xq + 256)), slo);
+          l2[m] = _mm512_dpwssd_epi32(l2[m], _mm512_maddubs_epi16(hi, _mm512_loadu_si512(xq + 320)), shi);
+        }
       }
     }
     const __m512 B = _mm512_loadu_ps(row.k.B);
     for (int m = 0; m < MT; ++m) {
       const int64_t i = (m0 + m) * cs + 4 * sb;
-      f[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(p[m], p2[m])), _mm512_set1_ps(row.k.d * a.d[i]),
-                             f[m]);
+      // Lanes stay below 2^24 (at most 4 products of |63 * 128 * 2| by |scale| <= 128 per chain): cvt is exact.
+      __m512 t = _mm512_cvtepi32_ps(_mm512_add_epi32(p[m], p2[m]));
+      if (P == 2) t = _mm512_fmadd_ps(t, _mm512_set1_ps(256.f), _mm512_cvtepi32_ps(_mm512_add_epi32(l[m], l2[m])));
+      f[m] = _mm512_fmadd_ps(t, _mm512_set1_ps(row.k.d * a.d[i]), f[m]);
       fb[m] = _mm512_fmadd_ps(B, _mm512_loadu_ps(a.s16 + i * 4), fb[m]);
     }
   }
   for (int m = 0; m < MT; ++m) y[(m0 + m) * out + r] = _mm512_reduce_add_ps(_mm512_add_ps(f[m], fb[m]));
 }
 
-template <int FMT>
+template <int FMT, int P>
 void run_k8(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
   K8Row<FMT> row(W);
   const char* end = (const char*)(W.w + r1 * W.row_bytes);
   for (int64_t r = r0; r < r1; ++r) {
     const char* pf = prefetch_start(W.w, r, W.row_bytes, end);
     int m0 = 0;
-    for (; m0 + 4 <= a.m; m0 += 4) { row.seek(r); k8_row<FMT, 4>(row, a, m0, r, W.out, y, pf); }
+    for (; m0 + 4 <= a.m; m0 += 4) { row.seek(r); k8_row<FMT, 4, P>(row, a, m0, r, W.out, y, pf); }
     row.seek(r);
     switch (a.m - m0) {
-      case 3: k8_row<FMT, 3>(row, a, m0, r, W.out, y, pf); break;
-      case 2: k8_row<FMT, 2>(row, a, m0, r, W.out, y, pf); break;
-      case 1: k8_row<FMT, 1>(row, a, m0, r, W.out, y, pf); break;
+      case 3: k8_row<FMT, 3, P>(row, a, m0, r, W.out, y, pf); break;
+      case 2: k8_row<FMT, 2, P>(row, a, m0, r, W.out, y, pf); break;
+      case 1: k8_row<FMT, 1, P>(row, a, m0, r, W.out, y, pf); break;
       default: break;
     }
   }
@@ -143,9 +152,7 @@ void run_k8(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
 
 namespace hfq_cpu::avx512 {
 
-bool k8(const Weight& W, const Acts& a) {
-  return a.int8 && W.fmt >= FMT_Q2_K && W.fmt <= FMT_Q6_K && W.in % 256 == 0;
-}
+bool k8(const Weight& W, const Acts&) { return W.fmt >= FMT_Q2_K && W.fmt <= FMT_Q6_K && W.in % 256 == 0; }
 
 void prep_k8(const Weight& W, Acts& a) {
   const bool pair = W.fmt == FMT_Q4_K || W.fmt == FMT_Q5_K;
@@ -162,8 +169,9 @@ void prep_k8(const Weight& W, Acts& a) {
       }
       const float mx = _mm512_reduce_max_ps(amax), total = _mm512_reduce_add_ps(sum);
       const bool finite = total - total == 0.f;   // a nan or inf in x must reach y, as in the reference
-      const float d = finite ? mx / 127.f : __builtin_nanf("");
-      const __m512 iv = _mm512_set1_ps(mx > 0 && finite ? 127.f / mx : 0.f);
+      const float top = a.int8 ? 127.f : 32639.f;
+      const float d = finite ? mx / top : __builtin_nanf("");
+      const __m512 iv = _mm512_set1_ps(mx > 0 && finite ? top / mx : 0.f);
       for (int c = 0; c < 4; ++c) a.d[i + c] = d;
       int8_t* q = reinterpret_cast<int8_t*>(a.q + i * 64);
       for (int j = 0; j < 16; ++j) {   // destination of the 16 columns at 16j: paired order swaps 32-column runs
@@ -174,7 +182,13 @@ void prep_k8(const Weight& W, Acts& a) {
           dst = 128 * h + 32 * order[run] + within;
         }
         const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xs + 16 * j), iv));
-        _mm_storeu_si128((__m128i*)(q + dst), _mm512_cvtsepi32_epi8(v));
+        if (a.int8) {
+          _mm_storeu_si128((__m128i*)(q + dst), _mm512_cvtsepi32_epi8(v));
+        } else {   // hi = round(v / 256) in [-127, 127], lo = v - 256 hi in [-128, 127]
+          const __m512i hi = _mm512_srai_epi32(_mm512_add_epi32(v, _mm512_set1_epi32(128)), 8);
+          _mm_storeu_si128((__m128i*)(q + dst), _mm512_cvtepi32_epi8(hi));
+          _mm_storeu_si128((__m128i*)(q + 256 + dst), _mm512_cvtepi32_epi8(_mm512_sub_epi32(v, _mm512_slli_epi32(hi, 8))));
+        }
         // The minimum/offset terms use the sums of the quantized x: then w = d*sc*q - m is applied to one
         // and the same x, and the rounding error of x is weighted by w, not by the larger d*sc*q.
         a.s16[i * 4 + j] = d * (float)_mm512_reduce_add_epi32(v);
@@ -183,14 +197,19 @@ void prep_k8(const Weight& W, Acts& a) {
   }
 }
 
-void gemv_k8(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
+template <int P>
+void gemv_planes(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
   switch (W.fmt) {
-    case FMT_Q2_K: return run_k8<FMT_Q2_K>(W, a, r0, r1, y);
-    case FMT_Q3_K: return run_k8<FMT_Q3_K>(W, a, r0, r1, y);
-    case FMT_Q4_K: return run_k8<FMT_Q4_K>(W, a, r0, r1, y);
-    case FMT_Q5_K: return run_k8<FMT_Q5_K>(W, a, r0, r1, y);
-    default: return run_k8<FMT_Q6_K>(W, a, r0, r1, y);
+    case FMT_Q2_K: return run_k8<FMT_Q2_K, P>(W, a, r0, r1, y);
+    case FMT_Q3_K: return run_k8<FMT_Q3_K, P>(W, a, r0, r1, y);
+    case FMT_Q4_K: return run_k8<FMT_Q4_K, P>(W, a, r0, r1, y);
+    case FMT_Q5_K: return run_k8<FMT_Q5_K, P>(W, a, r0, r1, y);
+    default: return run_k8<FMT_Q6_K, P>(W, a, r0, r1, y);
   }
+}
+
+void gemv_k8(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
+  return a.int8 ? gemv_planes<1>(W, a, r0, r1, y) : gemv_planes<2>(W, a, r0, r1, y);
 }
 
 }  // namespace hfq_cpu::avx512

@@ -201,11 +201,35 @@ def test_linear_ggml_within_bound(isa, activations, dtype, qtype):
     q = quantize_rows(w, qtype, None)
     dense = ggml_dense(q, qtype)
     # int8 activations: k-quants on AVX-512 and AVX2, the 32-column types on AVX-512. The byte engines keep codes
-    # unsigned (minimums and offsets through sums of x): AVX2's k-quants in both modes, AVX-512's with int8.
+    # unsigned (minimums and offsets through sums of x): k-quants on both in both modes.
     int8 = activations == "int8"
-    kbytes = qtype.endswith("_K") and (isa == "avx2" or (isa == "avx512" and int8))
+    kbytes = qtype.endswith("_K") and isa in ("avx2", "avx512")
     _check_linear(lambda x: ops.linear_ggml(x, q, qtype, in_f, None), dense, in_f, (1, 3, 6, 17), dtype,
                   block=act_block(qtype, in_features=in_f, int8=int8, isa=isa), codes_offset=kbytes)
+
+
+# Where each k-quant keeps its float16 d (and dmin) in a block (ggml's block structs).
+_KQ_HALVES = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+@pytest.mark.parametrize("fill", [0xFF, 0x80, 0x7F])
+@pytest.mark.parametrize("qtype", sorted(_KQ_HALVES))
+def test_linear_ggml_kquant_extremes_within_bound(isa, activations, qtype, fill):
+    """Every code, sub-block scale and minimum at a bit-pattern extreme (Q6_K scales -128 or -1, 6-bit scales 63,
+    codes at their maximum) against x whose every element is its block's largest |x|: the integer sums of the
+    byte engines reach their widest here and must not wrap."""
+    t = TYPES[qtype]
+    raw = np.full((5, 4 * t.type_size), fill, np.uint8)
+    blocks = raw.reshape(5, 4, t.type_size)
+    for off in _KQ_HALVES[qtype]:
+        blocks[..., off:off + 2] = np.frombuffer(np.float16(0.5).tobytes(), np.uint8)
+    raw = torch.from_numpy(raw)
+    dense = ggml_dense(raw, qtype)
+    block = act_block(qtype, in_features=1024, int8=activations == "int8", isa=isa)
+    for x in (torch.ones(1, 1024), -torch.ones(3, 1024), torch.ones(2, 1024) * torch.tensor([1.0, -1.0]).repeat(512)):
+        err = (ops.linear_ggml(x, raw, qtype, 1024, None).double() - x.double() @ dense.double().T).abs()
+        bound = linear_bound(dense, x, prefill=False, block=block, codes_offset=True)
+        assert (err <= bound).all(), f"{qtype} fill {fill:#x}: worst err/bound {(err / bound).max().item():.3g}"
 
 
 def test_activation_modes_are_named_and_checked(native):
