@@ -15,4 +15,8 @@ void gemv_k8(const Weight& w, const Acts& a, int64_t r0, int64_t r1, float* y);
 bool q8(const Weight& w, const Acts& a);
 void prep_q8(const Weight& w, Acts& a);
 void gemv_q8(const Weight& w, const Acts& a, int64_t r0, int64_t r1, float* y);
+// 4-bit integer codes on bytes, int16 activations as two byte planes (kern_avx512_b4.cpp)
+bool b4(const Weight& w, const Acts& a);
+void prep_b4(const Weight& w, Acts& a);
+void gemv_b4(const Weight& w, const Acts& a, int64_t r0, int64_t r1, float* y);
 }  // namespace hfq_cpu::avx512

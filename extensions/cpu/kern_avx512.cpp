@@ -6,7 +6,8 @@
 // subtracted (signed codes halve the activation error's weight). vpdpwssd multiplies them with x into int32 lanes
 // (at most four products per lane, so no overflow); each chunk's lanes are converted to float once and scaled by
 // (weight scale) x (activation scale). Q4_1/Q5_1 minimums go through float32 sums of x per 16 columns, so they add
-// no activation error. K-quants take the byte engine (kern_avx512_k8.cpp) at the same int16 precision.
+// no activation error. K-quants and int4 rows of whole 128-column units take byte engines at the same int16
+// precision (kern_avx512_k8.cpp, kern_avx512_b4.cpp).
 //
 // Each format unpacks a 64-column chunk into two int16 vectors v0, v1 in the slot order that is cheapest for its
 // layout, such that lane l of v0 and lane l of v1 share one weight scale; prep() puts x in the same order.
@@ -146,6 +147,7 @@ bool fast(const Weight& W) {
 void prep(const Weight& W, Acts& a) {
   if (avx512::k8(W, a)) return avx512::prep_k8(W, a);
   if (avx512::q8(W, a)) return avx512::prep_q8(W, a);
+  if (avx512::b4(W, a)) return avx512::prep_b4(W, a);
   const Slot s = slot_of(W);
   const int cpb = chunks_per_block(W);
   alignas(64) int idx[4][16];
@@ -194,6 +196,7 @@ void gemv(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
   if (!fast(W)) return gemv_generic<dot>(W, a, r0, r1, y);
   if (avx512::k8(W, a)) return avx512::gemv_k8(W, a, r0, r1, y);
   if (avx512::q8(W, a)) return avx512::gemv_q8(W, a, r0, r1, y);
+  if (avx512::b4(W, a)) return avx512::gemv_b4(W, a, r0, r1, y);
   switch (W.fmt) {
     case FMT_INT:
       if (W.bits == 4) return run(IntRow<4>(W), W, a, r0, r1, y);

@@ -216,7 +216,7 @@ at::Tensor run_linear(const at::Tensor& x, const Weight& W, const std::optional<
       if (k->fast(W)) {
         q = at::empty({M, a.chunks, 64}, at::TensorOptions().dtype(at::kShort));
         d = at::empty({M, a.chunks}, at::TensorOptions().dtype(at::kFloat));
-        s = at::empty({M, a.chunks, a.int8 ? 32 : 4}, at::TensorOptions().dtype(at::kFloat));   // 32: int8 32-col blocks
+        s = at::empty({M, a.chunks, 32}, at::TensorOptions().dtype(at::kFloat));   // the widest use: qlinear.h
         a.q = q.data_ptr<int16_t>();
         a.d = d.data_ptr<float>();
         a.s16 = s.data_ptr<float>();

@@ -42,7 +42,7 @@ struct Acts {
   const float* x;        // [m, k] float32, natural order (generic engine)
   int16_t* q;            // [m, chunks, 64]
   float* d;              // [m, chunks]
-  float* s16;            // [m, chunks, 4] (the int8 32-column blocks use [m, chunks, 32], kern_avx512_q8.cpp)
+  float* s16;            // [m, chunks, 32]: sums of x per 16 columns (4 used), or an engine's own (kern_avx512_*.cpp)
   bool int8;             // GGML types: int8 per 256 (k-quants) or 32 columns, as llama.cpp (opt-in, HFQ_CPU_ACTIVATIONS=int8)
 };
 

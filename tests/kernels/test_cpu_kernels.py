@@ -169,6 +169,36 @@ def test_linear_int_within_bound(isa, dtype, bits):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_int4_byte_engine_shapes_within_bound(isa, dtype):
+    """int4 rows of whole 128-column units take AVX-512's byte engine: groups of 64 (two per unit), 128, 256 (x
+    blocks of two units) and per-channel rows that end on half an x block."""
+    for gs, in_f in ((64, 256), (128, 384), (256, 512), (-1, 384)):
+        for sym in (True, False):
+            weight, scales, zeros = _int_case(4, gs, sym, 9, in_f, seed=in_f + gs)
+            dense = int_dense(weight, scales, zeros, 4)
+            _check_linear(lambda x: ops.linear_int(x, weight, scales, zeros, 4, None), dense, in_f, (1, 3, 17),
+                          dtype, block=act_block("int", gs, in_f, bits=4, isa=isa))
+
+
+@pytest.mark.parametrize("zero", [0, 15, 7])
+def test_linear_int4_extremes_within_bound(isa, zero):
+    """Every code 15 (or 0) against zero point `zero`, x at its block maximum everywhere: the byte engine's integer
+    sums are widest here; with codes equal to the zero point the weight is exactly 0, and so must y be."""
+    in_f = 512
+    for byte in (0xFF, 0x00, zero * 0x11):
+        weight = torch.full((5, 4, 64), byte, dtype=torch.uint8)
+        scales = torch.full((5, 4), 0.5, dtype=torch.float16)
+        zeros = torch.full((5, 4), zero, dtype=torch.uint8)
+        dense = int_dense(weight, scales, zeros, 4)
+        for x in (torch.ones(1, in_f), -torch.ones(2, in_f), torch.tensor([1.0, -1.0]).repeat(256).expand(3, -1)):
+            y = ops.linear_int(x, weight, scales, zeros, 4, None)
+            ref = x.double() @ dense.double().T
+            if not dense.any():
+                assert (y == 0).all(), (byte, zero)
+            bound = linear_bound(dense, x, prefill=False, block=act_block("int", 128, in_f, bits=4, isa=isa))
+            assert ((y.double() - ref).abs() <= bound).all(), (byte, zero)
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("qtype", ["nf4", "fp4"])
 @pytest.mark.parametrize("shape,blocksize", [((37, 128), 64), ((5, 100), 64), ((24, 96), 32), ((7, 512), 256)])
 def test_linear_4bit_within_bound(isa, dtype, qtype, shape, blocksize):
