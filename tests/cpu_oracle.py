@@ -53,13 +53,16 @@ def act_block(kind: str, group: int | None = None, in_features: int | None = Non
     int16 per 64 columns, or per weight group up to 256 columns where the group is wider (int groups of 128 and
     more, per-channel rows). k-quants whose rows are whole 256-column super-blocks take x per super-block: int16 as
     two signed bytes (32639 levels) or, with int8 activations (HFQ_CPU_ACTIVATIONS=int8), int8 (127, llama.cpp's
-    Q8_K). With int8 on AVX-512 the 32-column types take int8 per block, as llama.cpp does. On AVX-512, int4 rows of
+    Q8_K). On AVX-512 the 32-column types take x per block: int8 with int8 activations, as llama.cpp does, else
+    (Q8_0 aside) int16 as two signed bytes. On AVX-512, int4 rows of
     whole 128-column units with groups of 64 and more (or per channel) take x as two signed bytes too (32639)."""
     kquant = kind in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K") and in_features is not None and in_features % 256 == 0
     if kquant and isa in ("avx512", "avx2"):
         return (256, 127) if int8 else (256, 32639)
     if int8 and isa == "avx512" and kind in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
         return 32, 127
+    if isa == "avx512" and kind in ("Q4_0", "Q4_1", "Q5_0", "Q5_1"):
+        return 32, 32639
     if kind == "int" and group is not None:
         per_channel = group == -1 or group == in_features
         levels = 32639 if (bits == 4 and isa == "avx512" and in_features is not None and in_features % 128 == 0

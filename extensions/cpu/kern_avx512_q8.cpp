@@ -4,7 +4,9 @@
 // blocks per instruction into int32. The offset (8, 16 or the bias 128) and Q4_1/Q5_1's minimum go through the
 // sums of the quantized x, so y = sum w * x~ exactly up to float32 rounding, with x~ the int8 x: the error per
 // element of x is at most 1/254 of its block's largest |x|. Opt-in with the k-quant engine
-// (HFQ_CPU_ACTIVATIONS=int8, docs/kernels.md).
+// (HFQ_CPU_ACTIVATIONS=int8, docs/kernels.md). With int16 activations (the default) Q4_0..Q5_1 take the same engine
+// on two byte planes of x per 32 columns (x16 = 256 hi + lo, scale max|x| / 32639; 128 bytes per chunk), joined in
+// int32 before the float conversion: the int16 engine's precision.
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c,bmi,bmi2")
 #include <immintrin.h>
 
@@ -63,7 +65,7 @@ HFQ_INLINE void scales16(const u8* b, __mmask16 mk, __m512& d, __m512& o) {
   o = B::MIN ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16))) : _mm512_mul_ps(d, _mm512_set1_ps(-B::OFF));
 }
 
-template <int FMT, int MT>
+template <int FMT, int MT, int P>   // P: byte planes of x (1: int8, 2: int16 as hi and lo)
 HFQ_INLINE void q8_row(const Weight& W, const Acts& a, int m0, int64_t r, float* y, const char* pf) {
   using B = Blk<FMT>;
   const u8* row = W.w + r * W.row_bytes;
@@ -91,8 +93,11 @@ HFQ_INLINE void q8_row(const Weight& W, const Acts& a, int m0, int64_t r, float*
       _mm_prefetch(pf + 2 * c * B::BYTES, _MM_HINT_T0);
       const __m512i q = B::codes(ba, 2 * c + 1 < nb ? ba + B::BYTES : nullptr);
       for (int m = 0; m < MT; ++m) {
-        const __m512i x = _mm512_loadu_si512(reinterpret_cast<const int8_t*>(a.q) + ((m0 + m) * cs + c) * 64);
-        const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
+        const int8_t* xq = reinterpret_cast<const int8_t*>(a.q) + ((m0 + m) * cs + c) * 64 * P;
+        __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(xq));
+        if (P == 2)   // lanes: 4 products of 31 * 127 at most, times 256, plus the low plane's
+          p = _mm512_add_epi32(_mm512_slli_epi32(p, 8),
+                               _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(xq + 64)));
         acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx, wx[m]), acc[m]);
       }
       idx = _mm512_add_epi32(idx, two);
@@ -104,17 +109,17 @@ HFQ_INLINE void q8_row(const Weight& W, const Acts& a, int m0, int64_t r, float*
   for (int m = 0; m < MT; ++m) y[(m0 + m) * W.out + r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(f[m], f2[m]), fo[m]));
 }
 
-template <int FMT>
+template <int FMT, int P>
 void run_q8(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
   const char* end = (const char*)(W.w + r1 * W.row_bytes);
   for (int64_t r = r0; r < r1; ++r) {
     const char* pf = prefetch_start(W.w, r, W.row_bytes, end);
     int m0 = 0;
-    for (; m0 + 4 <= a.m; m0 += 4) q8_row<FMT, 4>(W, a, m0, r, y, pf);
+    for (; m0 + 4 <= a.m; m0 += 4) q8_row<FMT, 4, P>(W, a, m0, r, y, pf);
     switch (a.m - m0) {
-      case 3: q8_row<FMT, 3>(W, a, m0, r, y, pf); break;
-      case 2: q8_row<FMT, 2>(W, a, m0, r, y, pf); break;
-      case 1: q8_row<FMT, 1>(W, a, m0, r, y, pf); break;
+      case 3: q8_row<FMT, 3, P>(W, a, m0, r, y, pf); break;
+      case 2: q8_row<FMT, 2, P>(W, a, m0, r, y, pf); break;
+      case 1: q8_row<FMT, 1, P>(W, a, m0, r, y, pf); break;
       default: break;
     }
   }
@@ -124,15 +129,21 @@ void run_q8(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
 
 namespace hfq_cpu::avx512 {
 
-bool q8(const Weight& W, const Acts& a) { return a.int8 && W.fmt >= FMT_Q4_0 && W.fmt <= FMT_Q8_0; }
+// Q8_0 with int16 x stays on the int16 engine: its codes are already bytes there, and biased codes would gain
+// nothing (measured: the int8 engine itself is no faster on Q8_0).
+bool q8(const Weight& W, const Acts& a) {
+  return W.fmt >= FMT_Q4_0 && (a.int8 ? W.fmt <= FMT_Q8_0 : W.fmt <= FMT_Q5_1);
+}
 
 void prep_q8(const Weight& W, Acts& a) {
   const bool split = W.fmt != FMT_Q8_0;
+  const int P = a.int8 ? 1 : 2;
+  const float top = a.int8 ? 127.f : 32639.f;
   for (int m = 0; m < a.m; ++m) {
     const float* x = a.x + m * a.k;
     float* ds = a.s16 + m * a.chunks * 32;
     for (int64_t c = 0; c < a.chunks; ++c) {
-      int8_t* q = reinterpret_cast<int8_t*>(a.q) + (m * a.chunks + c) * 64;
+      int8_t* q = reinterpret_cast<int8_t*>(a.q) + (m * a.chunks + c) * 64 * P;
       for (int h = 0; h < 2; ++h) {   // the two 32-column blocks of this chunk (zeros past k)
         const int64_t k0 = 64 * c + 32 * h, n = a.k - k0;
         const __mmask16 m0 = n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
@@ -142,11 +153,21 @@ void prep_q8(const Weight& W, Acts& a) {
         const float mx = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
         const float total = _mm512_reduce_add_ps(_mm512_add_ps(v0, v1));
         const bool finite = total - total == 0.f;   // a nan or inf in x must reach y, as in the reference
-        const float d = finite ? mx / 127.f : __builtin_nanf("");
-        const __m512 iv = _mm512_set1_ps(mx > 0 && finite ? 127.f / mx : 0.f);
+        const float d = finite ? mx / top : __builtin_nanf("");
+        const __m512 iv = _mm512_set1_ps(mx > 0 && finite ? top / mx : 0.f);
         const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, iv)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, iv));
-        _mm_storeu_si128((__m128i*)(q + (split ? 16 * h : 32 * h)), _mm512_cvtsepi32_epi8(q0));
-        _mm_storeu_si128((__m128i*)(q + (split ? 32 + 16 * h : 32 * h + 16)), _mm512_cvtsepi32_epi8(q1));
+        const int at0 = split ? 16 * h : 32 * h, at1 = split ? 32 + 16 * h : 32 * h + 16;
+        if (P == 1) {
+          _mm_storeu_si128((__m128i*)(q + at0), _mm512_cvtsepi32_epi8(q0));
+          _mm_storeu_si128((__m128i*)(q + at1), _mm512_cvtsepi32_epi8(q1));
+        } else {   // hi = round(v / 256) in [-127, 127] at q, lo = v - 256 hi in [-128, 127] 64 bytes on
+          const __m512i r = _mm512_set1_epi32(128);
+          const __m512i h0 = _mm512_srai_epi32(_mm512_add_epi32(q0, r), 8), h1 = _mm512_srai_epi32(_mm512_add_epi32(q1, r), 8);
+          _mm_storeu_si128((__m128i*)(q + at0), _mm512_cvtepi32_epi8(h0));
+          _mm_storeu_si128((__m128i*)(q + at1), _mm512_cvtepi32_epi8(h1));
+          _mm_storeu_si128((__m128i*)(q + 64 + at0), _mm512_cvtepi32_epi8(_mm512_sub_epi32(q0, _mm512_slli_epi32(h0, 8))));
+          _mm_storeu_si128((__m128i*)(q + 64 + at1), _mm512_cvtepi32_epi8(_mm512_sub_epi32(q1, _mm512_slli_epi32(h1, 8))));
+        }
         ds[2 * c + h] = n > 0 ? d : 0.f;
         ds[2 * a.chunks + 2 * c + h] = n > 0 ? d * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)) : 0.f;
       }
@@ -154,14 +175,19 @@ void prep_q8(const Weight& W, Acts& a) {
   }
 }
 
-void gemv_q8(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
+template <int P>
+void gemv_planes(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
   switch (W.fmt) {
-    case FMT_Q4_0: return run_q8<FMT_Q4_0>(W, a, r0, r1, y);
-    case FMT_Q4_1: return run_q8<FMT_Q4_1>(W, a, r0, r1, y);
-    case FMT_Q5_0: return run_q8<FMT_Q5_0>(W, a, r0, r1, y);
-    case FMT_Q5_1: return run_q8<FMT_Q5_1>(W, a, r0, r1, y);
-    default: return run_q8<FMT_Q8_0>(W, a, r0, r1, y);
+    case FMT_Q4_0: return run_q8<FMT_Q4_0, P>(W, a, r0, r1, y);
+    case FMT_Q4_1: return run_q8<FMT_Q4_1, P>(W, a, r0, r1, y);
+    case FMT_Q5_0: return run_q8<FMT_Q5_0, P>(W, a, r0, r1, y);
+    case FMT_Q5_1: return run_q8<FMT_Q5_1, P>(W, a, r0, r1, y);
+    default: return run_q8<FMT_Q8_0, P>(W, a, r0, r1, y);
   }
+}
+
+void gemv_q8(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
+  return a.int8 ? gemv_planes<1>(W, a, r0, r1, y) : gemv_planes<2>(W, a, r0, r1, y);
 }
 
 }  // namespace hfq_cpu::avx512

@@ -238,27 +238,28 @@ def test_linear_ggml_within_bound(isa, activations, dtype, qtype):
                   block=act_block(qtype, in_features=in_f, int8=int8, isa=isa), codes_offset=kbytes)
 
 
-# Where each k-quant keeps its float16 d (and dmin) in a block (ggml's block structs).
-_KQ_HALVES = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+# Where each GGML type keeps its float16 d (and dmin or m) in a block (ggml's block structs).
+_HALVES = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
+           "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
 
 
 @pytest.mark.parametrize("fill", [0xFF, 0x80, 0x7F])
-@pytest.mark.parametrize("qtype", sorted(_KQ_HALVES))
-def test_linear_ggml_kquant_extremes_within_bound(isa, activations, qtype, fill):
+@pytest.mark.parametrize("qtype", sorted(_HALVES))
+def test_linear_ggml_extremes_within_bound(isa, activations, qtype, fill):
     """Every code, sub-block scale and minimum at a bit-pattern extreme (Q6_K scales -128 or -1, 6-bit scales 63,
     codes at their maximum) against x whose every element is its block's largest |x|: the integer sums of the
     byte engines reach their widest here and must not wrap."""
     t = TYPES[qtype]
-    raw = np.full((5, 4 * t.type_size), fill, np.uint8)
-    blocks = raw.reshape(5, 4, t.type_size)
-    for off in _KQ_HALVES[qtype]:
+    raw = np.full((5, 1024 // t.block * t.type_size), fill, np.uint8)
+    blocks = raw.reshape(5, 1024 // t.block, t.type_size)
+    for off in _HALVES[qtype]:
         blocks[..., off:off + 2] = np.frombuffer(np.float16(0.5).tobytes(), np.uint8)
     raw = torch.from_numpy(raw)
     dense = ggml_dense(raw, qtype)
     block = act_block(qtype, in_features=1024, int8=activations == "int8", isa=isa)
     for x in (torch.ones(1, 1024), -torch.ones(3, 1024), torch.ones(2, 1024) * torch.tensor([1.0, -1.0]).repeat(512)):
         err = (ops.linear_ggml(x, raw, qtype, 1024, None).double() - x.double() @ dense.double().T).abs()
-        bound = linear_bound(dense, x, prefill=False, block=block, codes_offset=True)
+        bound = linear_bound(dense, x, prefill=False, block=block, codes_offset=qtype.endswith("_K"))
         assert (err <= bound).all(), f"{qtype} fill {fill:#x}: worst err/bound {(err / bound).max().item():.3g}"
 
 
