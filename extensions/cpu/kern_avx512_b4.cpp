@@ -1,5 +1,5 @@
 // AVX-512 GEMV for 4-bit integer codes (FMT_INT, bits 4: RTN/GPTQ/AWQ int4) on bytes. x is quantized once per call
-// to int16 (scale = max|x| / 32639) per block of the weight's group up to 256 columns, as the int16 engine
+// to int16 (scale = max|x| / 32639) per block of the weight's group (64 to 256 columns), as the int16 engine
 // (kern_avx512.cpp) does, and stored as two signed byte planes, x16 = 256 hi + lo. A 128-column unit of a row is
 // 64 bytes: their low nibbles are the even columns and their high nibbles the odd ones, so a mask and a shift give
 // two vectors of unsigned codes, and vpdpbusd multiplies them with the even and odd columns of each plane into
@@ -21,13 +21,15 @@ using namespace hfq_cpu;
 
 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
-// Columns per x block: the group up to 256; per-channel rows 256; groups of 64 take one block per group.
-inline int64_t xblock(const Weight& W) { return W.group == W.in || W.group >= 256 ? 256 : W.group; }
+// Columns per x block: the group up to 256; per-channel rows 256; groups of 32 and 64 take blocks of 64.
+inline int64_t xblock(const Weight& W) {
+  return W.group == W.in || W.group >= 256 ? 256 : W.group < 64 ? 64 : W.group;
+}
 
 // Activations, per row of x, per unit u (128 columns): 256 bytes of Acts::q, [hi even | hi odd | lo even | lo odd]
 // (64 each); Acts::d per 64-column chunk; in Acts::s16 (32 floats per chunk) at the first chunk of each x block,
-// 16 int32: lane l's sum of the quantized x over the block's units (columns 8l..8l+7 of each), or for groups of 64
-// the sums of each unit (lanes 0-7 the first group, 8-15 the second).
+// 16 int32: lane l's sum of the quantized x over the block's units (columns 8l..8l+7 of each), or for groups of 32
+// and 64 the sums of each unit.
 template <int MT>
 inline void b4_row(const Weight& W, const Acts& a, int m0, int64_t r, float* y, const char* pf) {
   const int64_t units = W.in / 128, G = W.in / W.group, cs = a.chunks;
@@ -35,7 +37,9 @@ inline void b4_row(const Weight& W, const Acts& a, int m0, int64_t r, float* y, 
   const u8* row = W.w + r * W.row_bytes;
   const uint16_t* sc = W.scales + r * G;
   const u8* zp = W.zeros ? W.zeros + r * G : nullptr;
-  const bool g64 = W.group == 64;
+  const bool small = W.group < 128 && W.group != W.in;   // groups of 32 or 64: x blocks of 64 columns
+  const __m512i gsel = _mm512_srli_epi32(_mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+      13, 14, 15), _mm512_set1_epi32(small ? (int)(128 / W.group) : 0)), 4);   // lane -> group within the unit
   const __m512i m4 = _mm512_set1_epi8(0xF);
   __m512 f[MT];
   __m512i acc[MT];
@@ -59,10 +63,22 @@ inline void b4_row(const Weight& W, const Acts& a, int m0, int64_t r, float* y, 
     ub = u + 1;
     __m512i z;
     __m512 s;
-    if (g64) {
-      const int64_t g = 2 * u;
-      z = _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(zp ? zp[g] : 8), _mm512_set1_epi32(zp ? zp[g + 1] : 8));
-      s = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(h2f(sc[g])), _mm512_set1_ps(h2f(sc[g + 1])));
+    if (small) {   // groups of 32 or 64: lane l is group 4u + l / 4 or 2u + l / 8
+      const bool four = W.group == 32;
+      const int64_t g = four ? 4 * u : 2 * u;
+      uint32_t zb = 0x08080808u;
+      uint64_t h = 0;
+      if (four) {
+        if (zp) std::memcpy(&zb, zp + g, 4);
+        std::memcpy(&h, sc + g, 8);
+      } else {
+        if (zp) { uint16_t t; std::memcpy(&t, zp + g, 2); zb = t; }
+        uint32_t t;
+        std::memcpy(&t, sc + g, 4);
+        h = t;
+      }
+      z = _mm512_permutexvar_epi32(gsel, _mm512_castsi128_si512(_mm_cvtepu8_epi32(_mm_cvtsi32_si128((int)zb))));
+      s = _mm512_permutexvar_ps(gsel, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)h))));
     } else {
       const int64_t g = G == 1 ? 0 : 128 * u / W.group;
       z = _mm512_set1_epi32(zp ? zp[g] : 8);
@@ -71,7 +87,7 @@ inline void b4_row(const Weight& W, const Acts& a, int m0, int64_t r, float* y, 
     for (int m = 0; m < MT; ++m) {
       const int64_t i = (m0 + m) * cs + c0;
       const __m512i sx = _mm512_loadu_si512(a.s16 + i * 32);
-      const __m512 d = g64 ? _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a.d[i]), _mm512_set1_ps(a.d[i + 1]))
+      const __m512 d = small ? _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a.d[i]), _mm512_set1_ps(a.d[i + 1]))
                            : _mm512_set1_ps(a.d[i]);
       // Lanes stay below 2^24 (15 * 32639 * 16 columns per 256-column block): the conversion is exact.
       const __m512i t = _mm512_sub_epi32(acc[m], _mm512_mullo_epi32(z, sx));
@@ -88,7 +104,7 @@ namespace hfq_cpu::avx512 {
 
 bool b4(const Weight& W, const Acts&) {
   return W.fmt == FMT_INT && W.bits == 4 && !W.g_idx && W.in % 128 == 0 &&
-         (W.group == W.in || (W.group >= 64 && (W.group & (W.group - 1)) == 0));
+         (W.group == W.in || (W.group >= 32 && (W.group & (W.group - 1)) == 0));
 }
 
 void prep_b4(const Weight& W, Acts& a) {
@@ -111,7 +127,7 @@ void prep_b4(const Weight& W, Acts& a) {
       const float d = finite ? mx / 32639.f : __builtin_nanf("");
       const __m512 iv = _mm512_set1_ps(mx > 0 && finite ? 32639.f / mx : 0.f);
       for (int64_t c = k0 / 64; c < k1 / 64; ++c) a.d[m * a.chunks + c] = d;
-      // Lane sums: over the block's units, or per unit for groups of 64 (two blocks per unit)
+      // Lane sums: over the block's units, or per unit for blocks of 64 (two per unit)
       int32_t* sx = reinterpret_cast<int32_t*>(a.s16 + (m * a.chunks + (k0 - k0 % 128) / 64) * 32);
       if (k0 % 128 == 0) std::memset(sx, 0, 64);
       for (int64_t k = k0; k < k1; k += 16) {
