@@ -3,8 +3,9 @@
 // each 32-column block of a row unpacks to two vectors of 16 int16 codes (zero points and code offsets
 // subtracted), vpmaddwd takes the products into int32, and one float multiply-add per block applies weight scale
 // x activation scale. Minimums (Q4_1, Q5_1) use float32 sums of x per 16 columns. nf4/fp4 values go through an
-// int16 table (step 2^-14 of its largest value). k-quants take the byte engine of kern_avx2_kq.cpp. Layouts it
-// does not take (groups under 32, act-order) use the exact decoders and a float32 dot product.
+// int16 table (step 2^-14 of its largest value). k-quants and int4 with groups of 128 or more take the byte engines
+// of kern_avx2_kq.cpp and kern_avx2_b4.cpp. Layouts it does not take (groups under 32, act-order) use the exact
+// decoders and a float32 dot product.
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
 
@@ -282,6 +283,7 @@ bool fast(const Weight& W) {
 
 void prep(const Weight& W, Acts& a) {
   if (avx2::kq(W)) return avx2::prep_kq(W, a);
+  if (avx2::b4(W)) return avx2::prep_b4(W, a);
   const Slot s = slot_of(W);
   int src[32];
   for (int j = 0; j < 32; ++j) src[j] = slot_col(s, j);
@@ -312,6 +314,7 @@ void prep(const Weight& W, Acts& a) {
 void gemv(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
   if (!fast(W)) return gemv_generic<dot>(W, a, r0, r1, y);
   if (avx2::kq(W)) return avx2::gemv_kq(W, a, r0, r1, y);
+  if (avx2::b4(W)) return avx2::gemv_b4(W, a, r0, r1, y);
   switch (W.fmt) {
     case FMT_INT:
       if (W.bits == 4) return run(IntRow<4>(W), W, a, r0, r1, y);
