@@ -27,6 +27,19 @@ HFQ_INLINE const char* prefetch_start(const u8* w, int64_t r, int64_t row_bytes,
   return pf + row_bytes > end ? end - row_bytes : pf;
 }
 
+// Rows of x in tiles of 4, then the 3, 2 or 1 left: tile(mt, m0), mt a std::integral_constant with the tile's rows.
+template <class F>
+HFQ_INLINE void row_tiles(int m, F&& tile) {
+  int m0 = 0;
+  for (; m0 + 4 <= m; m0 += 4) tile(std::integral_constant<int, 4>(), m0);
+  switch (m - m0) {
+    case 3: tile(std::integral_constant<int, 3>(), m0); break;
+    case 2: tile(std::integral_constant<int, 2>(), m0); break;
+    case 1: tile(std::integral_constant<int, 1>(), m0); break;
+    default: break;
+  }
+}
+
 inline float f32_from_bits(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline uint32_t bits_from_f32(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 

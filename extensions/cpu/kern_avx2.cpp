@@ -262,15 +262,10 @@ void run(R row, const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y
   const char* end = (const char*)(W.w + r1 * rb);
   for (int64_t r = r0; r < r1; ++r) {
     const char* pf = prefetch_start(W.w, r, rb, end);
-    int m0 = 0;
-    for (; m0 + 4 <= a.m; m0 += 4) { row.seek(r); run_row<R, 4>(row, W, a, m0, r, y, pf, step); }
-    row.seek(r);
-    switch (a.m - m0) {
-      case 3: run_row<R, 3>(row, W, a, m0, r, y, pf, step); break;
-      case 2: run_row<R, 2>(row, W, a, m0, r, y, pf, step); break;
-      case 1: run_row<R, 1>(row, W, a, m0, r, y, pf, step); break;
-      default: break;
-    }
+    row_tiles(a.m, [&](auto mt, int m0) {
+      row.seek(r);
+      run_row<R, decltype(mt)::value>(row, W, a, m0, r, y, pf, step);
+    });
   }
 }
 

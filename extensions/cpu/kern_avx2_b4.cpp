@@ -45,12 +45,13 @@ inline void b4_row(const Weight& W, const Acts& a, int m0, int64_t r, float* y, 
     const __m256i e1 = _mm256_and_si256(c1, m4), o1 = _mm256_and_si256(_mm256_srli_epi16(c1, 4), m4);
     for (int m = 0; m < MT; ++m) {
       const __m256i* x = (const __m256i*)(a.q + ((m0 + m) * cs + 2 * u) * 64);
-      const __m256i th = _mm256_add_epi16(
-          _mm256_add_epi16(_mm256_maddubs_epi16(e0, _mm256_loadu_si256(x)), _mm256_maddubs_epi16(o0, _mm256_loadu_si256(x + 1))),
-          _mm256_add_epi16(_mm256_maddubs_epi16(e1, _mm256_loadu_si256(x + 4)), _mm256_maddubs_epi16(o1, _mm256_loadu_si256(x + 5))));
-      const __m256i tl = _mm256_add_epi16(
-          _mm256_add_epi16(_mm256_maddubs_epi16(e0, _mm256_loadu_si256(x + 2)), _mm256_maddubs_epi16(o0, _mm256_loadu_si256(x + 3))),
-          _mm256_add_epi16(_mm256_maddubs_epi16(e1, _mm256_loadu_si256(x + 6)), _mm256_maddubs_epi16(o1, _mm256_loadu_si256(x + 7))));
+      // one plane: the even and odd codes of both halves against its 32-byte runs at p, p + 1, p + 4, p + 5
+      auto plane = [&](const __m256i* p) __attribute__((always_inline)) {
+        return _mm256_add_epi16(
+            _mm256_add_epi16(_mm256_maddubs_epi16(e0, _mm256_loadu_si256(p)), _mm256_maddubs_epi16(o0, _mm256_loadu_si256(p + 1))),
+            _mm256_add_epi16(_mm256_maddubs_epi16(e1, _mm256_loadu_si256(p + 4)), _mm256_maddubs_epi16(o1, _mm256_loadu_si256(p + 5))));
+      };
+      const __m256i th = plane(x), tl = plane(x + 2);
       acc[m] = _mm256_add_epi32(acc[m], _mm256_add_epi32(_mm256_madd_epi16(th, k256), _mm256_madd_epi16(tl, k1)));
     }
     if (u + 1 - ub < upb && u + 1 < units) continue;
@@ -110,14 +111,7 @@ void gemv_b4(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
   const char* end = (const char*)(W.w + r1 * W.row_bytes);
   for (int64_t r = r0; r < r1; ++r) {
     const char* pf = prefetch_start(W.w, r, W.row_bytes, end);
-    int m0 = 0;
-    for (; m0 + 4 <= a.m; m0 += 4) b4_row<4>(W, a, m0, r, y, pf);
-    switch (a.m - m0) {
-      case 3: b4_row<3>(W, a, m0, r, y, pf); break;
-      case 2: b4_row<2>(W, a, m0, r, y, pf); break;
-      case 1: b4_row<1>(W, a, m0, r, y, pf); break;
-      default: break;
-    }
+    row_tiles(a.m, [&](auto mt, int m0) { b4_row<decltype(mt)::value>(W, a, m0, r, y, pf); });
   }
 }
 

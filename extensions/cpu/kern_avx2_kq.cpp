@@ -166,14 +166,7 @@ void run_kq(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
   for (int64_t r = r0; r < r1; ++r) {
     const u8* row = W.w + r * W.row_bytes;
     const char* pf = prefetch_start(W.w, r, W.row_bytes, end);
-    int m0 = 0;
-    for (; m0 + 4 <= a.m; m0 += 4) kq_row<FMT, 4, SPLIT>(kb, row, a, m0, r, W.out, y, pf);
-    switch (a.m - m0) {
-      case 3: kq_row<FMT, 3, SPLIT>(kb, row, a, m0, r, W.out, y, pf); break;
-      case 2: kq_row<FMT, 2, SPLIT>(kb, row, a, m0, r, W.out, y, pf); break;
-      case 1: kq_row<FMT, 1, SPLIT>(kb, row, a, m0, r, W.out, y, pf); break;
-      default: break;
-    }
+    row_tiles(a.m, [&](auto mt, int m0) { kq_row<FMT, decltype(mt)::value, SPLIT>(kb, row, a, m0, r, W.out, y, pf); });
   }
 }
 

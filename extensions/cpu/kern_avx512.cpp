@@ -107,15 +107,10 @@ inline void run_row(R& row, const Acts& a, int m0, int64_t r, int64_t out, float
 
 template <class R, bool ONE>
 inline void rows_of_x(R& row, const Acts& a, int64_t r, int64_t out, float* y, const char* pf, int64_t step, int cpb) {
-  int m0 = 0;
-  for (; m0 + 4 <= a.m; m0 += 4) { row.seek(r); run_row<R, 4, ONE>(row, a, m0, r, out, y, pf, step, cpb); }
-  row.seek(r);
-  switch (a.m - m0) {
-    case 3: run_row<R, 3, ONE>(row, a, m0, r, out, y, pf, step, cpb); break;
-    case 2: run_row<R, 2, ONE>(row, a, m0, r, out, y, pf, step, cpb); break;
-    case 1: run_row<R, 1, ONE>(row, a, m0, r, out, y, pf, step, cpb); break;
-    default: break;
-  }
+  row_tiles(a.m, [&](auto mt, int m0) {
+    row.seek(r);
+    run_row<R, decltype(mt)::value, ONE>(row, a, m0, r, out, y, pf, step, cpb);
+  });
 }
 
 template <class R>

@@ -153,14 +153,7 @@ void gemv_b4(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
   const char* end = (const char*)(W.w + r1 * W.row_bytes);
   for (int64_t r = r0; r < r1; ++r) {
     const char* pf = prefetch_start(W.w, r, W.row_bytes, end);
-    int m0 = 0;
-    for (; m0 + 4 <= a.m; m0 += 4) b4_row<4>(W, a, m0, r, y, pf);
-    switch (a.m - m0) {
-      case 3: b4_row<3>(W, a, m0, r, y, pf); break;
-      case 2: b4_row<2>(W, a, m0, r, y, pf); break;
-      case 1: b4_row<1>(W, a, m0, r, y, pf); break;
-      default: break;
-    }
+    row_tiles(a.m, [&](auto mt, int m0) { b4_row<decltype(mt)::value>(W, a, m0, r, y, pf); });
   }
 }
 

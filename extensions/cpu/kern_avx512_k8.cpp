@@ -136,15 +136,10 @@ void run_k8(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
   const char* end = (const char*)(W.w + r1 * W.row_bytes);
   for (int64_t r = r0; r < r1; ++r) {
     const char* pf = prefetch_start(W.w, r, W.row_bytes, end);
-    int m0 = 0;
-    for (; m0 + 4 <= a.m; m0 += 4) { row.seek(r); k8_row<FMT, 4, P>(row, a, m0, r, W.out, y, pf); }
-    row.seek(r);
-    switch (a.m - m0) {
-      case 3: k8_row<FMT, 3, P>(row, a, m0, r, W.out, y, pf); break;
-      case 2: k8_row<FMT, 2, P>(row, a, m0, r, W.out, y, pf); break;
-      case 1: k8_row<FMT, 1, P>(row, a, m0, r, W.out, y, pf); break;
-      default: break;
-    }
+    row_tiles(a.m, [&](auto mt, int m0) {
+      row.seek(r);
+      k8_row<FMT, decltype(mt)::value, P>(row, a, m0, r, W.out, y, pf);
+    });
   }
 }
 

@@ -114,14 +114,7 @@ void run_q8(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
   const char* end = (const char*)(W.w + r1 * W.row_bytes);
   for (int64_t r = r0; r < r1; ++r) {
     const char* pf = prefetch_start(W.w, r, W.row_bytes, end);
-    int m0 = 0;
-    for (; m0 + 4 <= a.m; m0 += 4) q8_row<FMT, 4, P>(W, a, m0, r, y, pf);
-    switch (a.m - m0) {
-      case 3: q8_row<FMT, 3, P>(W, a, m0, r, y, pf); break;
-      case 2: q8_row<FMT, 2, P>(W, a, m0, r, y, pf); break;
-      case 1: q8_row<FMT, 1, P>(W, a, m0, r, y, pf); break;
-      default: break;
-    }
+    row_tiles(a.m, [&](auto mt, int m0) { q8_row<FMT, decltype(mt)::value, P>(W, a, m0, r, y, pf); });
   }
 }
 

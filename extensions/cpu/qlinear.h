@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>   // decode.h's row_tiles, included inside the units' anonymous namespaces
 
 namespace hfq_cpu {
 
