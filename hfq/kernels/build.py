@@ -30,9 +30,9 @@ CPU_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fopenmp"]   # OpenM
 MAX_JOBS = "2"   # ninja's default (all cores) can exceed a container's process limit
 # extension name -> (sources under extensions/, ops it registers, device)
 EXTENSIONS = {
-    "cpu": (["cpu/ops_cpu.cpp", "cpu/kern_scalar.cpp", "cpu/kern_avx2.cpp", "cpu/kern_avx2_kq.cpp", "cpu/kern_avx2_b4.cpp",
-             "cpu/kern_avx512.cpp", "cpu/kern_avx512_dequant.cpp", "cpu/kern_avx512_k8.cpp", "cpu/kern_avx512_q8.cpp",
-             "cpu/kern_avx512_b4.cpp",
+    "cpu": (["cpu/ops_cpu.cpp", "cpu/kern_scalar.cpp", "cpu/kern_avx2.cpp", "cpu/kern_avx2_kq.cpp",
+             "cpu/kern_avx2_b4.cpp", "cpu/kern_avx512.cpp", "cpu/kern_avx512_dequant.cpp", "cpu/kern_avx512_k8.cpp",
+             "cpu/kern_avx512_q8.cpp", "cpu/kern_avx512_b4.cpp",
              "cpu/ggml_quant.cpp", "cpu/qlinear.h", "cpu/decode.h", "cpu/avx512_rows.h", "cpu/avx512_parts.h",
              "cpu/avx2_parts.h", "cpu/avx2_common.h", "cpu/ggml_blocks.h"],
             ("dequantize_int", "dequantize_4bit", "dequantize_8bit_blockwise", "linear_int", "linear_4bit",
