@@ -31,6 +31,9 @@ inline int slot_col(Slot s, int slot) {
   }
 }
 
+inline __m512i plane_hi(__m512i v) {   // decode.h's plane_hi on 16 int32 lanes
+  return _mm512_srai_epi32(_mm512_add_epi32(v, _mm512_set1_epi32(128)), 8);
+}
 inline __m512i widen_u8(const u8* p) { return _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)p)); }
 inline __m256i two16(const u8* p0, const u8* p1) {   // 16 bytes at p0, then 16 at p1
   return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)p0)),
@@ -223,7 +226,6 @@ struct LegacyRow {
 // of a super-block, NAT order (for the exact dequantizer).
 template <int FMT>
 struct KRow {
-  static constexpr bool has_b = FMT == FMT_Q2_K || FMT == FMT_Q4_K || FMT == FMT_Q5_K;   // minimums
   static constexpr int BYTES = ggml_block_bytes(FMT);
   const Weight* W;
   const u8* row;

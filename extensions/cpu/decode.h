@@ -40,6 +40,11 @@ HFQ_INLINE void row_tiles(int m, F&& tile) {
   }
 }
 
+// int16 x as two signed byte planes, x = 256 hi + lo (the byte engines): at most 32639 in magnitude, so that the
+// high byte (x + 128) >> 8 stays within [-127, 127] and the low one, x - 256 hi, within [-128, 127].
+constexpr float kPlaneLevels = 32639.f;
+HFQ_INLINE int plane_hi(int v) { return (v + 128) >> 8; }
+
 inline float f32_from_bits(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline uint32_t bits_from_f32(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 

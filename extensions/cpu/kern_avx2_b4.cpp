@@ -91,12 +91,12 @@ void prep_b4(const Weight& W, Acts& a) {
       float mx = 0.f, total = 0.f;
       for (int64_t k = k0; k < k1; ++k) { mx = std::fabs(x[k]) > mx ? std::fabs(x[k]) : mx; total += x[k]; }
       const bool finite = total - total == 0.f;   // a nan or inf in x must reach y, as in the reference
-      const float d = finite ? mx / 32639.f : __builtin_nanf(""), inv = mx > 0 && finite ? 32639.f / mx : 0.f;
+      const float d = finite ? mx / kPlaneLevels : __builtin_nanf(""), inv = mx > 0 && finite ? kPlaneLevels / mx : 0.f;
       for (int64_t c = k0 / 64; c < k1 / 64; ++c) a.d[m * a.chunks + c] = d;
       int32_t* sx = reinterpret_cast<int32_t*>(a.s16 + (m * a.chunks + k0 / 64) * 32);
       std::memset(sx, 0, 32);
       for (int64_t k = k0; k < k1; ++k) {
-        const int v = (int)__builtin_lrintf(x[k] * inv), h = (v + 128) >> 8;   // h in [-127, 127]
+        const int v = (int)__builtin_lrintf(x[k] * inv), h = plane_hi(v);
         const int64_t o = k % 64;
         int8_t* qc = q + 128 * (k / 64) + (o & 1) * 32 + o / 2;   // hi even/odd, then lo 64 bytes on
         qc[0] = (int8_t)h;

@@ -184,8 +184,7 @@ bool kq(const Weight& W) { return W.fmt >= FMT_Q2_K && W.fmt <= FMT_Q6_K && W.in
 
 void prep_kq(const Weight& W, Acts& a) {
   (void)W;
-  // int16: 32639 levels, so that the high byte (v + 128) >> 8 stays within [-127, 127] and the low one in a byte
-  const float levels = a.int8 ? 127.f : 32639.f;
+  const float levels = a.int8 ? 127.f : kPlaneLevels;
   for (int m = 0; m < a.m; ++m) {
     const float* x = a.x + m * a.k;
     for (int64_t sb = 0; sb < a.k / 256; ++sb) {
@@ -206,7 +205,7 @@ void prep_kq(const Weight& W, Acts& a) {
           if (a.int8) {
             q[k] = (int8_t)v;
           } else {   // v = 256 hi + lo, both signed bytes
-            const int hi = (v + 128) >> 8;
+            const int hi = plane_hi(v);
             q[k] = (int8_t)hi;
             q[256 + k] = (int8_t)(v - 256 * hi);
           }

@@ -19,7 +19,7 @@ namespace {
 
 using namespace hfq_cpu;
 
-inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+#include "avx512_rows.h"
 
 // Columns per x block: the group up to 256; per-channel rows 256; groups of 32 and 64 take blocks of 64.
 inline int64_t xblock(const Weight& W) {
@@ -124,15 +124,15 @@ void prep_b4(const Weight& W, Acts& a) {
       }
       const float mx = _mm512_reduce_max_ps(amax), total = _mm512_reduce_add_ps(sum);
       const bool finite = total - total == 0.f;   // a nan or inf in x must reach y, as in the reference
-      const float d = finite ? mx / 32639.f : __builtin_nanf("");
-      const __m512 iv = _mm512_set1_ps(mx > 0 && finite ? 32639.f / mx : 0.f);
+      const float d = finite ? mx / kPlaneLevels : __builtin_nanf("");
+      const __m512 iv = _mm512_set1_ps(mx > 0 && finite ? kPlaneLevels / mx : 0.f);
       for (int64_t c = k0 / 64; c < k1 / 64; ++c) a.d[m * a.chunks + c] = d;
       // Lane sums: over the block's units, or per unit for blocks of 64 (two per unit)
       int32_t* sx = reinterpret_cast<int32_t*>(a.s16 + (m * a.chunks + (k0 - k0 % 128) / 64) * 32);
       if (k0 % 128 == 0) std::memset(sx, 0, 64);
       for (int64_t k = k0; k < k1; k += 16) {
         const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k), iv));
-        const __m512i hv = _mm512_srai_epi32(_mm512_add_epi32(v, _mm512_set1_epi32(128)), 8);   // [-127, 127]
+        const __m512i hv = plane_hi(v);
         const __m128i h8 = _mm_shuffle_epi8(_mm512_cvtepi32_epi8(hv), eo);
         const __m128i l8 = _mm_shuffle_epi8(_mm512_cvtepi32_epi8(_mm512_sub_epi32(v, _mm512_slli_epi32(hv, 8))), eo);
         const int64_t u = k / 128, j = (k % 128) / 2;   // bytes j..j+7 of the unit's even and odd vectors

@@ -164,7 +164,7 @@ void prep_k8(const Weight& W, Acts& a) {
       }
       const float mx = _mm512_reduce_max_ps(amax), total = _mm512_reduce_add_ps(sum);
       const bool finite = total - total == 0.f;   // a nan or inf in x must reach y, as in the reference
-      const float top = a.int8 ? 127.f : 32639.f;
+      const float top = a.int8 ? 127.f : kPlaneLevels;
       const float d = finite ? mx / top : __builtin_nanf("");
       const __m512 iv = _mm512_set1_ps(mx > 0 && finite ? top / mx : 0.f);
       for (int c = 0; c < 4; ++c) a.d[i + c] = d;
@@ -179,8 +179,8 @@ void prep_k8(const Weight& W, Acts& a) {
         const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xs + 16 * j), iv));
         if (a.int8) {
           _mm_storeu_si128((__m128i*)(q + dst), _mm512_cvtsepi32_epi8(v));
-        } else {   // hi = round(v / 256) in [-127, 127], lo = v - 256 hi in [-128, 127]
-          const __m512i hi = _mm512_srai_epi32(_mm512_add_epi32(v, _mm512_set1_epi32(128)), 8);
+        } else {   // two planes, 256 bytes apart
+          const __m512i hi = plane_hi(v);
           _mm_storeu_si128((__m128i*)(q + dst), _mm512_cvtepi32_epi8(hi));
           _mm_storeu_si128((__m128i*)(q + 256 + dst), _mm512_cvtepi32_epi8(_mm512_sub_epi32(v, _mm512_slli_epi32(hi, 8))));
         }

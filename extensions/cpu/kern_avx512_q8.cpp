@@ -7,7 +7,7 @@
 // (HFQ_CPU_ACTIVATIONS=int8, docs/kernels.md). With int16 activations (the default) Q4_0..Q5_1 take the same engine
 // on two byte planes of x per 32 columns (x16 = 256 hi + lo, scale max|x| / 32639; 128 bytes per chunk), joined in
 // int32 before the float conversion: the int16 engine's precision.
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c,bmi,bmi2")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vnni,fma,f16c,bmi,bmi2")
 #include <immintrin.h>
 
 #include <cstdint>
@@ -20,6 +20,8 @@ namespace {
 #include "decode.h"
 
 using namespace hfq_cpu;
+
+#include "avx512_rows.h"
 
 // Activations, per row of x: the int8 x in Acts::q (64 bytes per 64-column chunk, zero past k); in Acts::s16 (32
 // floats per chunk) the scale of each 32-column block, then d * sum(q) of each block (zeros past the last block).
@@ -131,7 +133,7 @@ bool q8(const Weight& W, const Acts& a) {
 void prep_q8(const Weight& W, Acts& a) {
   const bool split = W.fmt != FMT_Q8_0;
   const int P = a.int8 ? 1 : 2;
-  const float top = a.int8 ? 127.f : 32639.f;
+  const float top = a.int8 ? 127.f : kPlaneLevels;
   for (int m = 0; m < a.m; ++m) {
     const float* x = a.x + m * a.k;
     float* ds = a.s16 + m * a.chunks * 32;
@@ -153,9 +155,8 @@ void prep_q8(const Weight& W, Acts& a) {
         if (P == 1) {
           _mm_storeu_si128((__m128i*)(q + at0), _mm512_cvtsepi32_epi8(q0));
           _mm_storeu_si128((__m128i*)(q + at1), _mm512_cvtsepi32_epi8(q1));
-        } else {   // hi = round(v / 256) in [-127, 127] at q, lo = v - 256 hi in [-128, 127] 64 bytes on
-          const __m512i r = _mm512_set1_epi32(128);
-          const __m512i h0 = _mm512_srai_epi32(_mm512_add_epi32(q0, r), 8), h1 = _mm512_srai_epi32(_mm512_add_epi32(q1, r), 8);
+        } else {   // two planes, 64 bytes apart
+          const __m512i h0 = plane_hi(q0), h1 = plane_hi(q1);
           _mm_storeu_si128((__m128i*)(q + at0), _mm512_cvtepi32_epi8(h0));
           _mm_storeu_si128((__m128i*)(q + at1), _mm512_cvtepi32_epi8(h1));
           _mm_storeu_si128((__m128i*)(q + 64 + at0), _mm512_cvtepi32_epi8(_mm512_sub_epi32(q0, _mm512_slli_epi32(h0, 8))));
