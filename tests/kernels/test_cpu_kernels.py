@@ -170,8 +170,8 @@ def test_linear_int_within_bound(isa, dtype, bits):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_linear_int4_byte_engine_shapes_within_bound(isa, dtype):
-    """int4 rows of whole 128-column units take AVX-512's byte engine: groups of 32 and 64 (four and two per unit),
-    128, 256 (x blocks of two units) and per-channel rows that end on half an x block."""
+    """int4 rows of whole 128-column units take the byte engines: groups of 32 and 64 (four and two per unit;
+    AVX-512 only), 128, 256 (x blocks of two units) and per-channel rows that end on half an x block."""
     for gs, in_f in ((32, 256), (64, 256), (128, 384), (256, 512), (-1, 384)):
         for sym in (True, False):
             weight, scales, zeros = _int_case(4, gs, sym, 9, in_f, seed=in_f + gs)
@@ -197,6 +197,7 @@ def test_linear_int4_extremes_within_bound(isa, zero):
                 assert (y == 0).all(), (byte, zero)
             bound = linear_bound(dense, x, prefill=False, block=act_block("int", 128, in_f, bits=4, isa=isa))
             assert ((y.double() - ref).abs() <= bound).all(), (byte, zero)
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("qtype", ["nf4", "fp4"])
