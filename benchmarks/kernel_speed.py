@@ -87,6 +87,7 @@ def formats(w: torch.Tensor) -> dict:
         add(qt, {"weight": quantize_rows(w, qt, None)},
             lambda x, tt, qt=qt: ops.linear_ggml(x, tt["weight"], qt, K, None))
     isa = build.cpu_isa()   # the opt-in int8 activations (docs/kernels.md); two mode switches per call
+    isa = "avx512" if isa == "avx512bf16" else isa   # the same GEMV engines
     if isa in ("avx512", "avx2"):   # AVX2: k-quants only
         for qt in GGML_TYPES if isa == "avx512" else [t for t in GGML_TYPES if t.endswith("_K")]:
             add(f"{qt} int8-act", {"weight": quantize_rows(w, qt, None)},

@@ -1,4 +1,4 @@
-// Entry points shared between the AVX-512 units (each compiled for AVX-512; called only from kernels_avx512).
+// Entry points shared between the AVX-512 units (each compiled for AVX-512; called only from kernels_avx512*).
 #pragma once
 
 #include <cstdint>
@@ -20,3 +20,7 @@ bool b4(const Weight& w, const Acts& a);
 void prep_b4(const Weight& w, Acts& a);
 void gemv_b4(const Weight& w, const Acts& a, int64_t r0, int64_t r1, float* y);
 }  // namespace hfq_cpu::avx512
+
+namespace hfq_cpu::avx512bf16 {   // the same dequantization, bfloat16 by vcvtneps2bf16 (kern_avx512bf16_dequant.cpp)
+void dequant(const Weight& w, int64_t r0, int64_t r1, void* out, int out_type);
+}

@@ -219,4 +219,6 @@ void gemv(const Weight& W, const Acts& a, int64_t r0, int64_t r1, float* y) {
 
 namespace hfq_cpu {
 const Kernels kernels_avx512 = {"avx512", avx512::dequant, fast, prep, gemv};
+// AVX512_BF16 (Sapphire Rapids, Zen 4; not Ice Lake) only changes how bfloat16 prefill tiles are rounded.
+const Kernels kernels_avx512bf16 = {"avx512bf16", avx512bf16::dequant, fast, prep, gemv};
 }

@@ -3,14 +3,17 @@
 // Few rows of x (decode): the GEMV engine of the chosen instruction set, parallel over output rows.
 // Many rows (prefill): dequantize tiles of output rows into the compute dtype and multiply with torch's matmul
 // (oneDNN, AMX where present); the whole float weight never exists.
-// The instruction set is chosen once at load from the CPU (AVX-512 with BW/VL/DQ/VBMI/VNNI, else AVX2+FMA, else
-// scalar); HFQ_CPU_ISA=avx2|scalar caps it, and torch.ops.hfq_cpu.set_isa switches it for tests.
+// The instruction set is chosen once at load from the CPU (AVX-512 with BW/VL/DQ/VBMI/VNNI, plus BF16 where
+// present, else AVX2+FMA, else scalar); HFQ_CPU_ISA=avx512|avx2|scalar caps it, and torch.ops.hfq_cpu.set_isa
+// switches it for tests.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <string>
 
 #include "qlinear.h"
@@ -31,19 +34,25 @@ bool has_avx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
 
+// Best first. HFQ_CPU_ISA=name (or set_isa) takes that level, where the CPU has it.
 const Kernels* by_name(const std::string& n) {
+  if (n == "avx512bf16")
+    return has_avx512() && __builtin_cpu_supports("avx512bf16") ? &hfq_cpu::kernels_avx512bf16 : nullptr;
   if (n == "avx512") return has_avx512() ? &hfq_cpu::kernels_avx512 : nullptr;
   if (n == "avx2") return has_avx2() ? &hfq_cpu::kernels_avx2 : nullptr;
   if (n == "scalar") return &hfq_cpu::kernels_scalar;
   return nullptr;
 }
+constexpr const char* kLevels[] = {"avx512bf16", "avx512", "avx2", "scalar"};
 
-const Kernels* detect() {
-  const char* cap = std::getenv("HFQ_CPU_ISA");
-  const std::string c = cap ? cap : "";
-  if (c == "scalar") return &hfq_cpu::kernels_scalar;
-  if (c != "avx2" && has_avx512()) return &hfq_cpu::kernels_avx512;
-  if (has_avx2()) return &hfq_cpu::kernels_avx2;
+const Kernels* detect() {   // the best level at or below HFQ_CPU_ISA's (unset or unknown: the best there is)
+  const char* v = std::getenv("HFQ_CPU_ISA");
+  const std::string cap = v ? v : "";
+  bool on = std::find(std::begin(kLevels), std::end(kLevels), cap) == std::end(kLevels);
+  for (const char* n : kLevels) {
+    on = on || cap == n;
+    if (on && by_name(n)) return by_name(n);
+  }
   return &hfq_cpu::kernels_scalar;
 }
 
@@ -236,8 +245,10 @@ at::Tensor run_linear(const at::Tensor& x, const Weight& W, const std::optional<
   const auto xc = x2.to(cdt).contiguous();
   y = at::empty({M, W.out}, x.options().dtype(cdt));
   const int64_t es = at::elementSize(cdt);
-  int64_t nt = (int64_t)(2 << 20) / (W.in * es);   // about 2 MB of tile
-  nt = std::max<int64_t>(64, std::min<int64_t>(nt - nt % 16, W.out));
+  // At least 2 MB and 1024 rows: oneDNN's bf16 matmul of 512 x 4096 by n rows took up to 2x longer per row for n
+  // of 256-512 than for 1024 and more (2 threads, Intel AMX; docs/kernels.md).
+  int64_t nt = (int64_t)(2 << 20) / (W.in * es);
+  nt = std::min<int64_t>(std::max<int64_t>(1024, nt - nt % 16), W.out);
   // The tile and its product are reused across calls: fresh pages cost a fault each (about 2 GB/s here).
   thread_local at::Tensor tile_buf, prod_buf;
   if (!tile_buf.defined() || tile_buf.scalar_type() != cdt || tile_buf.numel() < nt * W.in)

@@ -63,5 +63,6 @@ struct Kernels {
 extern const Kernels kernels_scalar;
 extern const Kernels kernels_avx2;
 extern const Kernels kernels_avx512;
+extern const Kernels kernels_avx512bf16;
 
 }  // namespace hfq_cpu

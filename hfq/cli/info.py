@@ -65,7 +65,7 @@ def _cmd_doctor(args) -> int:
     for ext, st in build.status().items():
         print(f"extension {ext}: {st} (cache {build.cache_root()})")
     print(f"cpu instruction set: {build.cpu_isa() or 'none (reference only)'} (torch reports "
-          f"{torch.backends.cpu.get_cpu_capability()}; HFQ_CPU_ISA=avx2|scalar caps it)")
+          f"{torch.backends.cpu.get_cpu_capability()}; HFQ_CPU_ISA=avx512|avx2|scalar caps it)")
     if build.cpu_activations():
         print(f"cpu decode activations: {build.cpu_activations()} (HFQ_CPU_ACTIVATIONS=int8: llama.cpp's int8 for "
               "GGML types on AVX-512, faster, less exact; docs/kernels.md)")

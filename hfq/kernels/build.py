@@ -31,9 +31,10 @@ MAX_JOBS = "2"   # ninja's default (all cores) can exceed a container's process 
 # extension name -> (sources under extensions/, ops it registers, device)
 EXTENSIONS = {
     "cpu": (["cpu/ops_cpu.cpp", "cpu/kern_scalar.cpp", "cpu/kern_avx2.cpp", "cpu/kern_avx2_kq.cpp",
-             "cpu/kern_avx2_b4.cpp", "cpu/kern_avx512.cpp", "cpu/kern_avx512_dequant.cpp", "cpu/kern_avx512_k8.cpp",
-             "cpu/kern_avx512_q8.cpp", "cpu/kern_avx512_b4.cpp",
-             "cpu/ggml_quant.cpp", "cpu/qlinear.h", "cpu/decode.h", "cpu/avx512_rows.h", "cpu/avx512_parts.h",
+             "cpu/kern_avx2_b4.cpp", "cpu/kern_avx512.cpp", "cpu/kern_avx512_dequant.cpp",
+             "cpu/kern_avx512bf16_dequant.cpp", "cpu/kern_avx512_k8.cpp", "cpu/kern_avx512_q8.cpp",
+             "cpu/kern_avx512_b4.cpp", "cpu/ggml_quant.cpp", "cpu/qlinear.h", "cpu/decode.h", "cpu/avx512_rows.h",
+             "cpu/avx512_dequant.h", "cpu/avx512_parts.h",
              "cpu/avx2_parts.h", "cpu/avx2_common.h", "cpu/ggml_blocks.h"],
             ("dequantize_int", "dequantize_4bit", "dequantize_8bit_blockwise", "linear_int", "linear_4bit",
              "dequantize_ggml", "linear_ggml", "quantize_ggml", "embedding_int", "embedding_ggml"), "cpu"),
@@ -110,7 +111,8 @@ def status() -> dict[str, str]:
 
 
 def cpu_isa() -> str | None:
-    """The instruction set the CPU kernels use ('avx512', 'avx2' or 'scalar'), or None when they are not loaded."""
+    """The instruction set the CPU kernels use ('avx512bf16', 'avx512', 'avx2' or 'scalar'), or None when they are
+    not loaded."""
     return torch.ops.hfq_cpu.isa() if _state.get("cpu") == "loaded" else None
 
 

@@ -4,7 +4,10 @@ dequantize_*: bit for bit against independent decoders (gguf-py, bitsandbytes, a
 linear_*: against float64 x @ w.T of the independently decoded weight, within the bound of tests/kernels/cpu_oracle.py
 (int16 activations per 64 columns for few rows of x, bfloat16 tiles for many)."""
 
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -30,26 +33,42 @@ def native():
     assert build.load("cpu"), f"the CPU kernels failed to build: {build.status()}"
 
 
+LEVELS = ("avx512bf16", "avx512", "avx2", "scalar")   # best first
+
+
 def _isas():
-    out = []
-    for name in ("avx512", "avx2", "scalar"):
+    """The levels this CPU has, best first (the current one is kept)."""
+    before, out = torch.ops.hfq_cpu.isa(), []
+    for name in LEVELS:
         try:
             torch.ops.hfq_cpu.set_isa(name)
             out.append(name)
         except RuntimeError:
             pass
+    torch.ops.hfq_cpu.set_isa(before)
     return out
+
+
+def _switched(name):
+    before = torch.ops.hfq_cpu.isa()
+    try:
+        torch.ops.hfq_cpu.set_isa(name)
+    except RuntimeError:
+        pytest.skip(f"this CPU has no {name}")
+    yield name
+    torch.ops.hfq_cpu.set_isa(before)
 
 
 @pytest.fixture(params=["avx512", "avx2", "scalar"])
 def isa(request, native):
-    before = torch.ops.hfq_cpu.isa()
-    try:
-        torch.ops.hfq_cpu.set_isa(request.param)
-    except RuntimeError:
-        pytest.skip(f"this CPU has no {request.param}")
-    yield request.param
-    torch.ops.hfq_cpu.set_isa(before)
+    """Each GEMV engine (avx512bf16 runs avx512's)."""
+    yield from _switched(request.param)
+
+
+@pytest.fixture(params=["avx512bf16", "avx512", "avx2", "scalar"])
+def level(request, native):
+    """Each dequantizer: avx512bf16 rounds bfloat16 with vcvtneps2bf16, avx512 in integer steps."""
+    yield from _switched(request.param)
 
 
 def test_every_op_has_a_native_cpu_kernel_where_a_compiler_exists():
@@ -61,7 +80,7 @@ def test_every_op_has_a_native_cpu_kernel_where_a_compiler_exists():
     assert build.load("cpu"), build.status()
     missing = [o for o in OPS if not torch._C._dispatch_has_kernel_for_dispatch_key(f"hfq::{o}", "CPU")]
     assert not missing, f"no native CPU kernel registered for {missing}"
-    assert build.cpu_isa() in ("avx512", "avx2", "scalar")
+    assert build.cpu_isa() in LEVELS
     if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX"):   # torch's own detection, independent
         assert "avx512" in _isas() or "avx2" in _isas()
 
@@ -74,7 +93,7 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @pytest.mark.parametrize("qtype", QUANT_TYPES)
-def test_dequantize_ggml_random_bytes_equals_gguf_py(isa, qtype):
+def test_dequantize_ggml_random_bytes_equals_gguf_py(level, qtype):
     t = TYPES[qtype]
     cols = t.block * (3 if t.block == 256 else 5)
     raw = torch.from_numpy(np.random.default_rng(5).integers(0, 256, (9, cols // t.block * t.type_size), np.uint8))
@@ -86,13 +105,16 @@ def test_dequantize_ggml_random_bytes_equals_gguf_py(isa, qtype):
 
 @pytest.mark.parametrize("qtype", ["nf4", "fp4"])
 @pytest.mark.parametrize("shape,blocksize", [((37, 128), 64), ((5, 100), 64), ((8, 96), 32), ((3, 512), 256)])
-def test_dequantize_4bit_equals_bitsandbytes(isa, qtype, shape, blocksize):
+def test_dequantize_4bit_equals_bitsandbytes(level, qtype, shape, blocksize):
     g = torch.Generator().manual_seed(1)
     n = shape[0] * shape[1]
     nb = -(-n // blocksize)
     weight = torch.randint(0, 256, (nb, blocksize // 2), generator=g, dtype=torch.uint8)
     absmax = torch.rand(nb, generator=g) * 3
     absmax[0] = 0.0
+    absmax[1] = 3e-39                  # float32 subnormal: so are its products, which bfloat16 keeps
+    absmax[2] = float("nan")
+    absmax[3] = float("inf")           # inf, and NaN where the code is 0
     ref = bnb_dense(weight, absmax, shape, qtype, blocksize)
     for dt in DTYPES:
         got = ops.dequantize_4bit(weight, absmax, codebook(qtype), list(shape), dt)
@@ -124,11 +146,12 @@ INT_SHAPES = [(3, 16, 48), (5, 8, 40), (4, 32, 96), (6, 128, 256), (3, -1, 40)] 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
 @pytest.mark.parametrize("sym", [True, False])
-def test_dequantize_int_equals_naive_loop(isa, bits, sym):
+def test_dequantize_int_equals_naive_loop(level, bits, sym):
     for _, gs, in_f in INT_SHAPES:
         if (in_f if gs == -1 else gs) * bits % 8:
             continue
         weight, scales, zeros = _int_case(bits, gs, sym, 3, in_f, seed=bits)
+        scales[2, 0] = float("nan")
         ref = int_dense(weight, scales, zeros, bits)
         for dt in DTYPES:
             assert _same_bits(ops.dequantize_int(weight, scales, zeros, bits, dt), ref.to(dt)), (gs, in_f, dt)
@@ -330,3 +353,15 @@ def test_bad_arguments_name_the_value(native):
         ops.linear_ggml(torch.randn(1, 256), q[:, :-1], "Q4_K", 256, None)
     with pytest.raises(RuntimeError, match="instruction set 'sse9' is not available"):
         torch.ops.hfq_cpu.set_isa("sse9")
+
+
+def test_hfq_cpu_isa_takes_the_best_level_at_or_below_it(native):
+    have = _isas()
+    if "HFQ_CPU_ISA" not in os.environ:
+        assert torch.ops.hfq_cpu.isa() == have[0]   # the best this CPU has
+    code = "import torch, hfq; from hfq.kernels import build; assert build.load('cpu'); print(torch.ops.hfq_cpu.isa())"
+    for cap in ("avx512", "avx2", "scalar", "sse9"):
+        want = next(n for n in LEVELS[LEVELS.index(cap):] if n in have) if cap in LEVELS else have[0]
+        r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "HFQ_CPU_ISA": cap},
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0 and r.stdout.split()[-1] == want, (cap, want, r.stdout, r.stderr[-3000:])
