@@ -245,10 +245,11 @@ at::Tensor run_linear(const at::Tensor& x, const Weight& W, const std::optional<
   const auto xc = x2.to(cdt).contiguous();
   y = at::empty({M, W.out}, x.options().dtype(cdt));
   const int64_t es = at::elementSize(cdt);
-  // At least 2 MB and 1024 rows: oneDNN's bf16 matmul of 512 x 4096 by n rows took up to 2x longer per row for n
-  // of 256-512 than for 1024 and more (2 threads, Intel AMX; docs/kernels.md).
+  // About 2 MB, and in 16-bit at least 1024 rows: oneDNN's bf16 matmul of 512 x 4096 by n rows took up to 2x longer
+  // per row for n of 384-512 than for 768 and more (2 threads, Intel AMX; docs/kernels.md). float32 tiles (CPUs
+  // without fast bf16) keep 2 MB.
   int64_t nt = (int64_t)(2 << 20) / (W.in * es);
-  nt = std::min<int64_t>(std::max<int64_t>(1024, nt - nt % 16), W.out);
+  nt = std::min<int64_t>(std::max<int64_t>(cdt == at::kFloat ? 64 : 1024, nt - nt % 16), W.out);
   // The tile and its product are reused across calls: fresh pages cost a fault each (about 2 GB/s here).
   thread_local at::Tensor tile_buf, prod_buf;
   if (!tile_buf.defined() || tile_buf.scalar_type() != cdt || tile_buf.numel() < nt * W.in)
