@@ -55,7 +55,7 @@ def act_block(kind: str, group: int | None = None, in_features: int | None = Non
     two signed bytes (32639 levels) or, with int8 activations (HFQ_CPU_ACTIVATIONS=int8), int8 (127, llama.cpp's
     Q8_K). On AVX-512 the 32-column types take x per block: int8 with int8 activations, as llama.cpp does, else
     (Q8_0 aside) int16 as two signed bytes. int4 rows of whole 128-column units with groups of 32 and more on
-    AVX-512, 128 and more on AVX2, or per channel, take x as two signed bytes too (32639)."""
+    AVX-512 and AVX2, or per channel, take x as two signed bytes too (32639)."""
     kquant = kind in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K") and in_features is not None and in_features % 256 == 0
     if kquant and isa in ("avx512", "avx2"):
         return (256, 127) if int8 else (256, 32639)
@@ -66,7 +66,7 @@ def act_block(kind: str, group: int | None = None, in_features: int | None = Non
     if kind == "int" and group is not None:
         per_channel = group == -1 or group == in_features
         bytes4 = bits == 4 and in_features is not None and in_features % 128 == 0 and (
-            per_channel or group >= (32 if isa == "avx512" else 128 if isa == "avx2" else 1 << 30))
+            per_channel or group >= (32 if isa in ("avx512", "avx2") else 1 << 30))
         levels = 32639 if bytes4 else 32767
         if per_channel:
             return 256, levels

@@ -4,6 +4,7 @@ dequantize_*: bit for bit against independent decoders (gguf-py, bitsandbytes, a
 linear_*: against float64 x @ w.T of the independently decoded weight, within the bound of tests/kernels/cpu_oracle.py
 (int16 activations per 64 columns for few rows of x, bfloat16 tiles for many)."""
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -193,8 +194,8 @@ def test_linear_int_within_bound(isa, dtype, bits):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_linear_int4_byte_engine_shapes_within_bound(isa, dtype):
-    """int4 rows of whole 128-column units take the byte engines: groups of 32 and 64 (four and two per unit;
-    AVX-512 only), 128, 256 (x blocks of two units) and per-channel rows that end on half an x block."""
+    """int4 rows of whole 128-column units take the byte engines: groups of 32 and 64 (four and two per unit; on
+    AVX2 each half unit apart), 128, 256 (x blocks of two units) and per-channel rows that end on half an x block."""
     for gs, in_f in ((32, 256), (64, 256), (128, 384), (256, 512), (-1, 384)):
         for sym in (True, False):
             weight, scales, zeros = _int_case(4, gs, sym, 9, in_f, seed=in_f + gs)
@@ -208,17 +209,17 @@ def test_linear_int4_extremes_within_bound(isa, zero):
     """Every code 15 (or 0) against zero point `zero`, x at its block maximum everywhere: the byte engine's integer
     sums are widest here; with codes equal to the zero point the weight is exactly 0, and so must y be."""
     in_f = 512
-    for byte in (0xFF, 0x00, zero * 0x11):
-        weight = torch.full((5, 4, 64), byte, dtype=torch.uint8)
-        scales = torch.full((5, 4), 0.5, dtype=torch.float16)
-        zeros = torch.full((5, 4), zero, dtype=torch.uint8)
+    for byte, gs in itertools.product((0xFF, 0x00, zero * 0x11), (128, 32)):
+        weight = torch.full((5, in_f // gs, gs // 2), byte, dtype=torch.uint8)
+        scales = torch.full((5, in_f // gs), 0.5, dtype=torch.float16)
+        zeros = torch.full((5, in_f // gs), zero, dtype=torch.uint8)
         dense = int_dense(weight, scales, zeros, 4)
         for x in (torch.ones(1, in_f), -torch.ones(2, in_f), torch.tensor([1.0, -1.0]).repeat(256).expand(3, -1)):
             y = ops.linear_int(x, weight, scales, zeros, 4, None)
             ref = x.double() @ dense.double().T
             if not dense.any():
                 assert (y == 0).all(), (byte, zero)
-            bound = linear_bound(dense, x, prefill=False, block=act_block("int", 128, in_f, bits=4, isa=isa))
+            bound = linear_bound(dense, x, prefill=False, block=act_block("int", gs, in_f, bits=4, isa=isa))
             assert ((y.double() - ref).abs() <= bound).all(), (byte, zero)
 
 
