@@ -39,6 +39,8 @@ SETTINGS = {   # name: HfqConfig keywords on top of the format's (None = the fie
     "d01-gar": dict(damp_percent=0.01, act_group_aware=True),
     "d10-gar": dict(damp_percent=0.1, act_group_aware=True),
     "d25-gar": dict(damp_percent=0.25, act_group_aware=True),
+    "rank-gar": dict(act_group_aware=True),   # candidate rule: auto damp, 0.25 where tokens < input columns
+    "rank": {},                                # the same rule where GAR cannot run (GGUF blocks)
     "awq": dict(method="awq"),
     "awq-noclip": dict(method="awq"),   # diagnosis: AWQ's scale search alone, no clipping search
     "awq-alltok": dict(method="awq"),   # diagnosis: the scale search on every calibration token (default: 4,096)
@@ -58,6 +60,11 @@ FORMATS = {"int4": dict(bits=4, group_size=128, sym=True), "int3": dict(bits=3, 
 
 
 import hfq.algorithms.awq as _awq
+import hfq.algorithms.gptq as _gptq
+
+# the dampening rules (hfq.algorithms.gptq.AUTO_DAMP, read at call time) that candidate settings try
+DAMP_RULES = {"rank-gar": ((1, 0.25), *_gptq.AUTO_DAMP), "rank": ((1, 0.25), *_gptq.AUTO_DAMP)}
+AUTO_DAMP = _gptq.AUTO_DAMP
 
 # hfq.algorithms.calibrated imports awq_block at call time and awq_block looks scale_groups up at call time, so
 # the diagnosis variants replace them for one row
@@ -203,6 +210,7 @@ def main() -> None:
             todo.insert(0, ("-", {}, "rtn", {"method": "rtn" if "bits" in fmt else "gguf"}))
         for cal_name, data, s_name, extra in todo:
             awq_variant(s_name)
+            _gptq.AUTO_DAMP = DAMP_RULES.get(s_name, AUTO_DAMP)
             t0 = time.perf_counter()
             if s_name == "gptqmodel-awq":
                 m = gptqmodel_awq(path, fmt, data, tok)
