@@ -3,7 +3,7 @@
 // each 32-column block of a row unpacks to two vectors of 16 int16 codes (zero points and code offsets
 // subtracted), vpmaddwd takes the products into int32, and one float multiply-add per block applies weight scale
 // x activation scale. Minimums (Q4_1, Q5_1) use float32 sums of x per 16 columns. nf4/fp4 values go through an
-// int16 table (step 2^-14 of its largest value). k-quants and int4 with groups of 128 or more take the byte engines
+// int16 table (step 2^-14 of its largest value). k-quants and int4 with groups of 32 or more take the byte engines
 // of kern_avx2_kq.cpp and kern_avx2_b4.cpp. Layouts it does not take (groups under 32, act-order) use the exact
 // decoders and a float32 dot product.
 #pragma GCC target("avx2,fma,f16c")

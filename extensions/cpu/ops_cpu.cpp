@@ -34,7 +34,7 @@ bool has_avx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
 
-// Best first. HFQ_CPU_ISA=name (or set_isa) takes that level, where the CPU has it.
+// Best first. set_isa(name) takes that level where the CPU has it; HFQ_CPU_ISA=name the best at or below it.
 const Kernels* by_name(const std::string& n) {
   if (n == "avx512bf16")
     return has_avx512() && __builtin_cpu_supports("avx512bf16") ? &hfq_cpu::kernels_avx512bf16 : nullptr;
@@ -79,8 +79,8 @@ std::string set_activations(c10::string_view name) {
 
 std::string set_isa(c10::string_view name) {
   const Kernels* k = by_name(std::string(name));
-  TORCH_CHECK(k, "hfq: instruction set '", std::string(name), "' is not available on this CPU; allowed: avx512, "
-              "avx2, scalar (where the CPU has them)");
+  TORCH_CHECK(k, "hfq: instruction set '", std::string(name), "' is not available on this CPU; allowed: avx512bf16, "
+              "avx512, avx2, scalar (where the CPU has them)");
   current() = k;
   return k->isa;
 }
@@ -245,11 +245,13 @@ at::Tensor run_linear(const at::Tensor& x, const Weight& W, const std::optional<
   const auto xc = x2.to(cdt).contiguous();
   y = at::empty({M, W.out}, x.options().dtype(cdt));
   const int64_t es = at::elementSize(cdt);
-  // About 2 MB, and in 16-bit at least 1024 rows: oneDNN's bf16 matmul of 512 x 4096 by n rows took up to 2x longer
-  // per row for n of 384-512 than for 768 and more (2 threads, Intel AMX; docs/kernels.md). float32 tiles (CPUs
-  // without fast bf16) keep 2 MB.
+  // About 2 MB; at least 1024 rows where oneDNN runs 16-bit matmuls natively (AMX, AVX512_BF16): its bf16 matmul
+  // of 512 x K by n rows took about 2x longer per row for n of 292-512 than for 256 or 768 and more, at K of 4096
+  // and 14336 (2 threads, Intel AMX; docs/kernels.md). Elsewhere (float32 tiles, or 16-bit without native support)
+  // unmeasured, so 2 MB.
   int64_t nt = (int64_t)(2 << 20) / (W.in * es);
-  nt = std::min<int64_t>(std::max<int64_t>(cdt == at::kFloat ? 64 : 1024, nt - nt % 16), W.out);
+  const int64_t least = cdt != at::kFloat && bf16_matmul_is_fast() ? 1024 : 64;
+  nt = std::min<int64_t>(std::max<int64_t>(least, nt - nt % 16), W.out);
   // The tile and its product are reused across calls: fresh pages cost a fault each (about 2 GB/s here).
   thread_local at::Tensor tile_buf, prod_buf;
   if (!tile_buf.defined() || tile_buf.scalar_type() != cdt || tile_buf.numel() < nt * W.in)

@@ -92,7 +92,20 @@ def load(name: str) -> bool:
                            "Run `hfq doctor`; set HFQ_NO_EXTENSIONS=1 to skip the build.", name, _state[name], log)
             return False
         _state[name] = "loaded"
+        if name == "cpu":
+            _check_isa_cap()
         return True
+
+
+CPU_LEVELS = ("avx512bf16", "avx512", "avx2", "scalar")   # best first (extensions/cpu/ops_cpu.cpp)
+
+
+def _check_isa_cap() -> None:
+    cap = os.environ.get("HFQ_CPU_ISA")
+    if cap is not None and cap not in CPU_LEVELS:
+        logger.warning("hfq: HFQ_CPU_ISA=%r is not an instruction set level; allowed: %s. The CPU kernels use the "
+                       "best this CPU has (%s); set one of those names, or unset HFQ_CPU_ISA.", cap,
+                       ", ".join(CPU_LEVELS), torch.ops.hfq_cpu.isa())
 
 
 def ensure(device: str | torch.device) -> None:

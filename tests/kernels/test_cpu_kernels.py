@@ -132,6 +132,39 @@ def test_dequantize_double_quant_absmax_equals_bitsandbytes(isa):
     assert _same_bits(ops.dequantize_8bit_blockwise(codes, scale, codebook("dynamic8"), 256), ref)
 
 
+def test_avx512bf16_rounds_every_bit_as_avx512_does(native):
+    """vcvtneps2bf16 keeps NaN signs and payloads and flushes subnormals; hfq's avx512bf16 level must still give
+    the integer rounding's bits (NaN -> 0x7FC0, as c10::BFloat16). NaN here also comes from inf * 0 (x86's default
+    NaN is negative) and from NaN scales of either sign."""
+    have = _isas()
+    if "avx512bf16" not in have:
+        pytest.skip("this CPU has no AVX512_BF16")
+    g = torch.Generator().manual_seed(9)
+    nb = 64
+    absmax = torch.rand(nb, generator=g) * 3
+    absmax[:6] = torch.tensor([float("inf"), -float("inf"), float("nan"), 3e-39, -3e-39, 0.0])
+    absmax[6] = torch.tensor([-0.0]).view(torch.int32).bitwise_or(0x7FC00001).view(torch.float32)   # negative NaN, payload
+    weight = torch.randint(0, 256, (nb, 32), generator=g, dtype=torch.uint8)
+    weight[:6] = 0x77   # nf4 code 7 is 0.0: inf * 0
+    raw = torch.from_numpy(np.random.default_rng(9).integers(0, 256, (16, 4 * 210), np.uint8))
+    w4, sc, z = _int_case(4, 32, False, 8, 256, seed=9)
+    sc.view(-1)[:3] = torch.tensor([0x7E00, 0xFE00 - 0x10000, 0x7C00], dtype=torch.int16).view(torch.float16)
+    calls = [lambda: ops.dequantize_4bit(weight, absmax, codebook("nf4"), [nb, 64], torch.bfloat16),
+             lambda: ops.dequantize_ggml(raw, "Q6_K", 4 * 256, torch.bfloat16),
+             lambda: ops.dequantize_int(w4, sc, z, 4, torch.bfloat16)]
+    before = torch.ops.hfq_cpu.isa()
+    try:
+        for call in calls:
+            torch.ops.hfq_cpu.set_isa("avx512bf16")
+            a = call().view(torch.int16)
+            torch.ops.hfq_cpu.set_isa("avx512")
+            b = call().view(torch.int16)
+            assert torch.equal(a, b), (a != b).nonzero()[:5].tolist()
+            assert bool(torch.isnan(a.view(torch.bfloat16)).any())
+    finally:
+        torch.ops.hfq_cpu.set_isa(before)
+
+
 def _int_case(bits, gs, sym, out_f, in_f, seed=0):
     g = torch.Generator().manual_seed(seed)
     G = 1 if gs == -1 else in_f // gs
@@ -200,7 +233,7 @@ def test_linear_int4_byte_engine_shapes_within_bound(isa, dtype):
         for sym in (True, False):
             weight, scales, zeros = _int_case(4, gs, sym, 9, in_f, seed=in_f + gs)
             dense = int_dense(weight, scales, zeros, 4)
-            _check_linear(lambda x: ops.linear_int(x, weight, scales, zeros, 4, None), dense, in_f, (1, 3, 17),
+            _check_linear(lambda x: ops.linear_int(x, weight, scales, zeros, 4, None), dense, in_f, (1, 3, 6, 17),
                           dtype, block=act_block("int", gs, in_f, bits=4, isa=isa))
 
 
@@ -209,7 +242,7 @@ def test_linear_int4_extremes_within_bound(isa, zero):
     """Every code 15 (or 0) against zero point `zero`, x at its block maximum everywhere: the byte engine's integer
     sums are widest here; with codes equal to the zero point the weight is exactly 0, and so must y be."""
     in_f = 512
-    for byte, gs in itertools.product((0xFF, 0x00, zero * 0x11), (128, 32)):
+    for byte, gs in itertools.product((0xFF, 0x00, zero * 0x11), (128, 64, 32)):
         weight = torch.full((5, in_f // gs, gs // 2), byte, dtype=torch.uint8)
         scales = torch.full((5, in_f // gs), 0.5, dtype=torch.float16)
         zeros = torch.full((5, in_f // gs), zero, dtype=torch.uint8)
@@ -308,6 +341,19 @@ def test_prefill_rows_512_and_bias(native, dtype):
     assert ((y.double() - ref).abs() <= bound).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prefill_over_several_tiles(native, dtype):
+    """1040 rows of 4096 columns: two tiles (1024 rows in 16-bit, about 2 MB in float32), the last one partial."""
+    g = torch.Generator().manual_seed(11)
+    w = torch.randn(1040, 4096, generator=g)
+    q = quantize_rows(w, "Q4_0", None)
+    dense = ggml_dense(q, "Q4_0")
+    x = torch.randn(17, 4096, generator=g).to(dtype)
+    y = ops.linear_ggml(x, q, "Q4_0", 4096, None)
+    ref = x.double() @ dense.double().T
+    assert ((y.double() - ref).abs() <= linear_bound(dense, x, prefill=True)).all()
+
+
 def test_non_contiguous_and_3d_inputs(native):
     g = torch.Generator().manual_seed(10)
     t = quantize_layer_weight(torch.randn(40, 128, generator=g), "int", 4, 32, False, False)
@@ -366,3 +412,4 @@ def test_hfq_cpu_isa_takes_the_best_level_at_or_below_it(native):
         r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "HFQ_CPU_ISA": cap},
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 0 and r.stdout.split()[-1] == want, (cap, want, r.stdout, r.stderr[-3000:])
+        assert ("HFQ_CPU_ISA='sse9' is not an instruction set level; allowed: avx512bf16" in r.stderr) == (cap == "sse9")
